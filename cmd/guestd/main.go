@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/guestd/guestd/agent/config"
+	"github.com/guestd/guestd/attester/detect"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv))
+}
+
+const usage = `usage: guestd check [flags]
+
+  check   load the configuration exactly as the daemon does (kernel command
+          line, AA and CDH config files, initdata), detect the TEE, and print
+          the effective configuration as JSON; exit 1 on any error
+
+The API servers (attestation agent, confidential data hub, keyprovider, REST)
+are not in this build yet.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) int {
+	if len(args) == 0 || args[0] != "check" {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	aaFile := fs.String("c", "", "attestation agent config file (TOML, or JSON by extension)")
+	cdhFile := fs.String("cdh-config", "", "confidential data hub config file")
+	initdata := fs.String("initdata-toml", "", "initdata TOML kata wrote (e.g. /run/confidential-containers/initdata/initdata.toml)")
+	cmdline := fs.String("cmdline", config.DefaultCmdlinePath, "kernel command line file")
+	tee := fs.String("tee", "", "TEE override: "+fmt.Sprint(detect.Names()))
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	eff, err := check(ctx, *aaFile, *cdhFile, *initdata, *cmdline, *tee, lookupEnv, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "guestd check: %v\n", err)
+		return 1
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(eff); err != nil {
+		fmt.Fprintf(stderr, "guestd check: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// effective is what `guestd check` prints.
+type effective struct {
+	Cmdline  *config.Cmdline `json:"cmdline"`
+	AA       *config.AA      `json:"aa"`
+	CDH      *config.CDH     `json:"cdh"`
+	Initdata *initdataInfo   `json:"initdata,omitempty"`
+	Tee      string          `json:"tee"`
+}
+
+type initdataInfo struct {
+	Version   string `json:"version"`
+	Algorithm string `json:"algorithm"`
+	Digest    string `json:"digest"`
+}
+
+func check(ctx context.Context, aaFile, cdhFile, initdataFile, cmdlineFile, tee string, lookupEnv func(string) (string, bool), log *slog.Logger) (*effective, error) {
+	cmd, err := config.LoadCmdline(cmdlineFile, lookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	eff := &effective{Cmdline: cmd}
+	if initdataFile != "" {
+		d, err := config.LoadInitdata(initdataFile)
+		if err != nil {
+			return nil, err
+		}
+		eff.Initdata = &initdataInfo{Version: d.Version, Algorithm: d.Algorithm, Digest: fmt.Sprintf("%x", d.Digest)}
+		for _, k := range d.Unknown {
+			log.Warn("unknown initdata key", "file", initdataFile, "key", k)
+		}
+	}
+	if eff.AA, err = config.ResolveAA(aaFile, cmd, lookupEnv); err != nil {
+		return nil, err
+	}
+	for _, k := range eff.AA.Unknown {
+		log.Warn("unknown key in the AA config", "file", aaFile, "key", k)
+	}
+	if eff.CDH, err = config.ResolveCDH(cdhFile, cmd, lookupEnv); err != nil {
+		return nil, err
+	}
+	for _, k := range eff.CDH.Unknown {
+		log.Warn("unknown key in the CDH config", "file", cdhFile, "key", k)
+	}
+	if tee != "" {
+		if !detect.Present(tee, detect.Options{}) {
+			return nil, fmt.Errorf("--tee %s: that TEE is not present on this machine", tee)
+		}
+		eff.Tee = tee
+		return eff, nil
+	}
+	eff.Tee = "sample"
+	for _, n := range detect.Names() {
+		if detect.Present(n, detect.Options{}) {
+			eff.Tee = n
+			break
+		}
+	}
+	if eff.Tee == "sample" {
+		log.Warn("no TEE detected: guestd would use the sample attester, whose evidence proves nothing")
+	}
+	return eff, nil
+}

@@ -1,0 +1,167 @@
+package swtpm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startTimeout bounds how long Start waits for the command socket.
+const startTimeout = 15 * time.Second
+
+// stopTimeout bounds how long Stop waits after SIGTERM before SIGKILL.
+const stopTimeout = 5 * time.Second
+
+// TPM is one running swtpm process.
+type TPM struct {
+	// Socket is the path of the TPM command socket (unix stream).
+	Socket string
+	// Ctrl is the path of the swtpm control socket.
+	Ctrl string
+	// StateDir holds the TPM's persistent state (NV, seeds, persistent
+	// objects). Starting another swtpm on it resumes that state.
+	StateDir string
+
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	exited chan struct{} // closed once the process has been waited for
+	err    error         // the process's exit status, valid after exited
+	once   sync.Once
+}
+
+// Device returns the device string the TPM attester takes for this TPM:
+// "unix:" followed by the command socket path.
+func (p *TPM) Device() string { return "unix:" + p.Socket }
+
+// Start starts a fresh swtpm whose state lives in a new t.TempDir and stops
+// it when the test ends.
+func Start(t testing.TB) *TPM {
+	t.Helper()
+	return StartState(t, t.TempDir())
+}
+
+// StartState starts swtpm on stateDir, which may hold the state of an
+// earlier, stopped swtpm, and stops it when the test ends. Two swtpm
+// processes must not share a state directory at the same time.
+func StartState(t testing.TB, stateDir string) *TPM {
+	t.Helper()
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		t.Fatalf("swtpm is not installed (%v); install it with: apt-get install swtpm swtpm-tools", err)
+	}
+	// Unix socket paths are limited to 108 bytes, and t.TempDir paths grow
+	// with the test name, so the sockets get their own short directory.
+	sockDir, err := os.MkdirTemp("", "swtpm")
+	if err != nil {
+		t.Fatalf("create swtpm socket directory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+
+	p := &TPM{
+		Socket:   filepath.Join(sockDir, "tpm.sock"),
+		Ctrl:     filepath.Join(sockDir, "ctrl.sock"),
+		StateDir: stateDir,
+		stderr:   &lockedBuffer{},
+		exited:   make(chan struct{}),
+	}
+	p.cmd = exec.Command(bin, "socket", "--tpm2",
+		"--tpmstate", "dir="+stateDir,
+		"--server", "type=unixio,path="+p.Socket,
+		"--ctrl", "type=unixio,path="+p.Ctrl,
+		"--flags", "not-need-init,startup-clear")
+	p.cmd.Stdout = p.stderr
+	p.cmd.Stderr = p.stderr
+	p.cmd.SysProcAttr = sysProcAttr()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start swtpm: %v", err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("stop swtpm (pid %d): %v", p.cmd.Process.Pid, err)
+		}
+	})
+	if err := p.waitReady(); err != nil {
+		t.Fatalf("swtpm (pid %d) did not come up: %v\nswtpm output:\n%s", p.cmd.Process.Pid, err, p.stderr.String())
+	}
+	return p
+}
+
+// waitReady polls the command socket until it accepts a connection.
+func (p *TPM) waitReady() error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("swtpm exited: %v", p.err)
+		default:
+		}
+		c, err := net.DialTimeout("unix", p.Socket, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("connect %s: %w", p.Socket, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop terminates this swtpm (SIGTERM, then SIGKILL after a grace period)
+// and waits for it to exit. It may be called more than once; the TPM state
+// in StateDir stays for a later StartState.
+func (p *TPM) Stop() error {
+	var err error
+	p.once.Do(func() {
+		select {
+		case <-p.exited:
+			return // already gone; nothing to signal
+		default:
+		}
+		if serr := p.cmd.Process.Signal(syscall.SIGTERM); serr != nil && !errors.Is(serr, os.ErrProcessDone) {
+			err = fmt.Errorf("signal swtpm: %w", serr)
+		}
+		select {
+		case <-p.exited:
+		case <-time.After(stopTimeout):
+			if kerr := p.cmd.Process.Kill(); kerr != nil && !errors.Is(kerr, os.ErrProcessDone) {
+				err = fmt.Errorf("kill swtpm: %w", kerr)
+			}
+			<-p.exited
+		}
+	})
+	return err
+}
+
+// Output returns what swtpm has written to stdout and stderr so far.
+func (p *TPM) Output() string { return p.stderr.String() }
+
+// lockedBuffer collects process output written from exec's copy goroutine
+// while tests may read it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
