@@ -623,15 +623,3 @@ func BenchmarkFetch20(b *testing.B) {
 	}
 	b.ReportMetric(float64(handshakes), "handshakes/20fetches")
 }
-
-// BenchmarkAttest measures one full attestation (auth + evidence + attest)
-// against the local test KBS with the sample attester.
-func BenchmarkAttest(b *testing.B) {
-	k := kbstest.Start(b, kbsConfig(b))
-	for b.Loop() {
-		c := newClient(b, k.URL, nil)
-		if _, err := c.Attest(context.Background()); err != nil {
-			b.Fatal(err)
-		}
-	}
-}

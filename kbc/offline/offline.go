@@ -1,18 +1,14 @@
 package offline
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"slices"
 	"strings"
 
+	"github.com/guestd/guestd/kbc/internal/secretmap"
 	"github.com/guestd/guestd/kbc/resource"
 )
 
@@ -34,7 +30,7 @@ var (
 	ErrNotFound = errors.New("resource not found")
 	// ErrMalformed is wrapped by GetResource's error when a file is not a
 	// JSON object of base64 strings.
-	ErrMalformed = errors.New("malformed offline resource file")
+	ErrMalformed = secretmap.ErrMalformed
 )
 
 // Options says where the resource files are. Empty fields take the
@@ -129,96 +125,24 @@ func (k *KBC) GetResource(ctx context.Context, uri resource.URI) ([]byte, error)
 // file does not exist. If the file has an entry for want, hit is set and v
 // is its decoded value.
 func lookup(file, want string) (v []byte, present, hit bool, err error) {
-	raw, err := readLimited(file)
+	raw, err := secretmap.ReadFile(file, MaxFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, false, nil
 	}
 	if err != nil {
-		return nil, false, false, err
+		return nil, false, false, fmt.Errorf("read resource file: %w", err) // err names file
 	}
 	defer wipe(raw)
-
-	entries, err := parseEntries(raw)
+	// Every value is decoded so that a bad entry anywhere fails the call, as
+	// upstream; only the one asked for is kept.
+	entries, err := secretmap.Parse(raw)
 	if err != nil {
 		return nil, true, false, fmt.Errorf("parse %s: %w", file, err)
 	}
-	// Decode every value so that a bad entry anywhere fails the call, as
-	// upstream; keep only the one asked for. Sorted for a stable error.
-	keys := make([]string, 0, len(entries))
-	for key := range entries {
-		keys = append(keys, key)
-	}
-	slices.Sort(keys)
-	for _, key := range keys {
-		dec, err := decode(entries[key])
-		if err != nil {
-			wipe(v)
-			return nil, true, false, fmt.Errorf("entry %q in %s: value is not standard base64 (%v): %w", key, file, err, ErrMalformed)
-		}
-		if key == want {
-			v, hit = dec, true
-		} else {
-			wipe(dec)
-		}
-	}
+	v, hit = entries[want]
+	delete(entries, want)
+	secretmap.Wipe(entries)
 	return v, true, hit, nil
-}
-
-// parseEntries parses raw as a JSON object whose values are all strings.
-// JSON errors are reduced to an offset: their text can quote the input.
-func parseEntries(raw []byte) (map[string]string, error) {
-	trimmed := bytes.TrimLeft(raw, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, fmt.Errorf("not a JSON object: %w", ErrMalformed)
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil {
-		var se *json.SyntaxError
-		if errors.As(err, &se) {
-			return nil, fmt.Errorf("invalid JSON at byte %d: %w", se.Offset, ErrMalformed)
-		}
-		return nil, fmt.Errorf("not a JSON object: %w", ErrMalformed)
-	}
-	out := make(map[string]string, len(obj))
-	for key, val := range obj {
-		var s string
-		if len(val) == 0 || val[0] != '"' || json.Unmarshal(val, &s) != nil {
-			return nil, fmt.Errorf("entry %q is not a JSON string: %w", key, ErrMalformed)
-		}
-		out[key] = s
-	}
-	return out, nil
-}
-
-// decode decodes standard padded base64. Line breaks are ignored, so the
-// output of base64(1) pasted into a value also works.
-func decode(s string) ([]byte, error) {
-	dst := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
-	n, err := base64.StdEncoding.Strict().Decode(dst, []byte(s))
-	if err != nil {
-		wipe(dst)
-		return nil, err
-	}
-	return dst[:n], nil
-}
-
-// readLimited reads file, refusing one larger than MaxFileSize.
-func readLimited(file string) ([]byte, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, fmt.Errorf("read resource file: %w", err) // err names file
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		wipe(raw)
-		return nil, fmt.Errorf("read resource file: %w", err) // err names file
-	}
-	if len(raw) > MaxFileSize {
-		wipe(raw)
-		return nil, fmt.Errorf("read resource file %s: file is larger than the %d MiB limit", file, MaxFileSize>>20)
-	}
-	return raw, nil
 }
 
 // wipe zeroes b. It is best effort: the Go runtime may hold other copies.

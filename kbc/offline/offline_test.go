@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/guestd/guestd/kbc/internal/secretmap"
+
 	"github.com/guestd/guestd/kbc"
 	"github.com/guestd/guestd/kbc/resource"
 )
@@ -251,7 +253,7 @@ func TestSizeLimit(t *testing.T) {
 	}
 	fh.Close()
 	_, err = New(Options{KeysFile: f}).GetResource(context.Background(), mustURI(t, "kbs:///a/b/c"))
-	if err == nil || !strings.Contains(err.Error(), "larger than the 16 MiB limit") || !strings.Contains(err.Error(), f) {
+	if err == nil || !errors.Is(err, secretmap.ErrTooLarge) || !strings.Contains(err.Error(), f) {
 		t.Fatalf("error = %v, want the size limit naming %s", err, f)
 	}
 

@@ -3,17 +3,15 @@ package sev
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 
+	"github.com/guestd/guestd/kbc/internal/secretmap"
 	"github.com/guestd/guestd/kbc/resource"
 )
 
@@ -36,7 +34,7 @@ var (
 	ErrNoSecret = errors.New("secret entry not present")
 	// ErrMalformed is wrapped when the entry is not a JSON object of
 	// base64 strings.
-	ErrMalformed = errors.New("malformed SEV secret")
+	ErrMalformed = secretmap.ErrMalformed
 	// ErrNotFound is wrapped by GetResource when no key has the URI's path.
 	ErrNotFound = errors.New("resource not found")
 	// ErrClosed is wrapped by GetResource after Close.
@@ -159,49 +157,9 @@ func consume(root, file string) (map[string][]byte, error) {
 	if len(raw) > MaxSecretSize {
 		return nil, fmt.Errorf("sev: read secret %s: larger than the %d KiB limit", file, MaxSecretSize>>10)
 	}
-	keys, err := parse(raw)
+	keys, err := secretmap.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("sev: parse secret %s: %w", file, err)
-	}
-	return keys, nil
-}
-
-// parse decodes a JSON object of standard base64 strings. JSON errors are
-// reduced to an offset, since their text can quote the secret.
-func parse(raw []byte) (map[string][]byte, error) {
-	trimmed := bytes.TrimLeft(raw, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, fmt.Errorf("not a JSON object: %w", ErrMalformed)
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil {
-		var se *json.SyntaxError
-		if errors.As(err, &se) {
-			return nil, fmt.Errorf("invalid JSON at byte %d: %w", se.Offset, ErrMalformed)
-		}
-		return nil, fmt.Errorf("not a JSON object: %w", ErrMalformed)
-	}
-	ids := make([]string, 0, len(obj))
-	for id := range obj {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids) // a stable error
-	keys := make(map[string][]byte, len(obj))
-	for _, id := range ids {
-		val := obj[id]
-		var s string
-		if len(val) == 0 || val[0] != '"' || json.Unmarshal(val, &s) != nil {
-			wipeKeys(keys)
-			return nil, fmt.Errorf("key %q is not a JSON string: %w", id, ErrMalformed)
-		}
-		dst := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
-		n, err := base64.StdEncoding.Strict().Decode(dst, []byte(s))
-		if err != nil {
-			clear(dst)
-			wipeKeys(keys)
-			return nil, fmt.Errorf("key %q is not standard base64: %w", id, ErrMalformed)
-		}
-		keys[id] = dst[:n]
 	}
 	return keys, nil
 }
@@ -237,15 +195,9 @@ func (k *KBC) GetResource(ctx context.Context, uri resource.URI) ([]byte, error)
 func (k *KBC) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	wipeKeys(k.keys)
+	secretmap.Wipe(k.keys)
 	k.keys, k.closed = nil, true
 	return nil
-}
-
-func wipeKeys(m map[string][]byte) {
-	for _, v := range m {
-		clear(v)
-	}
 }
 
 func isDir(p string) bool {

@@ -160,11 +160,11 @@ func TestNewErrors(t *testing.T) {
 		{name: "no entry", is: ErrNoSecret,
 			want: []string{KeysGUID, "no secret with GUID"}},
 		{name: "bad base64", fixture: "bad-base64.json", is: ErrMalformed,
-			want: []string{`key "default/key/2" is not standard base64`, KeysGUID}},
+			want: []string{`entry "default/key/2": value is not standard base64`, KeysGUID}},
 		{name: "bad syntax", fixture: "bad-syntax.json", is: ErrMalformed,
 			want: []string{"invalid JSON at byte", KeysGUID}},
 		{name: "non-string", fixture: "non-string.json", is: ErrMalformed,
-			want: []string{`key "default/key/1" is not a JSON string`}},
+			want: []string{`entry "default/key/1" is not a JSON string`}},
 		{name: "not an object", fixture: "not-object.json", is: ErrMalformed,
 			want: []string{"not a JSON object"}},
 	} {
