@@ -50,6 +50,10 @@ type Options struct {
 	// fetched at New) for JWE-encrypted layers.
 	DecryptionKeys []string
 
+	// MaxLayerBytes caps the file content one layer may unpack (default
+	// rootfs.DefaultMaxBytes): a decompression bomb stops there.
+	MaxLayerBytes int64
+
 	// MaxConcurrentLayers bounds the layer downloads of one image (default 3).
 	MaxConcurrentLayers int
 	// OS, Architecture and Variant select the instance of a manifest list

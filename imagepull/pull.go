@@ -485,7 +485,7 @@ func (p *Puller) applyLayer(ctx context.Context, blobPath string, li types.BlobI
 		return fmt.Errorf("diff_id %q: %w", diffID, err)
 	}
 	verifier := diffID.Verifier()
-	if _, err := rootfs.Apply(ctx, dir, io.TeeReader(tarStream, verifier), rootfs.ApplyOptions{Parents: parents}); err != nil {
+	if _, err := rootfs.Apply(ctx, dir, io.TeeReader(tarStream, verifier), rootfs.ApplyOptions{Parents: parents, MaxBytes: p.opts.MaxLayerBytes}); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
 	// Whatever the tar reader left (padding) still counts for the digest.

@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	guestctlBin = filepath.Join(dir, "guestctl")
-	build := exec.Command("go", "build", "-trimpath", "-o", guestctlBin, ".")
+	build := exec.Command("go", "build", "-trimpath", "-tags", "containers_image_openpgp", "-o", guestctlBin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build guestctl: %v\n%s", err, out)
@@ -372,7 +372,7 @@ func TestFailures(t *testing.T) {
 // TestNoTestCodeInBinaries: the production binaries link no test signer, no
 // fake hardware and no testing package.
 func TestNoTestCodeInBinaries(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "../guestctl", "../guestd").CombinedOutput()
+	out, err := exec.Command("go", "list", "-tags", "containers_image_openpgp", "-deps", "../guestctl", "../guestd").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}

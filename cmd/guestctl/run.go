@@ -56,6 +56,15 @@ commands:
         attest to the KBS and print the token's claims
   evidence [--tee NAME] --runtime-data STR
         print the TEE's evidence for STR as report data
+  pull [--kbs URL] [--policy P] [--sigstore-config P] [--auth P] [--decryption-key P]
+       [--insecure-registry HOST] [--work-dir DIR] IMAGE BUNDLE
+        pull, verify, decrypt and unpack IMAGE; mount BUNDLE/rootfs; print the digest
+  rm [--work-dir DIR] BUNDLE
+        unmount and delete a bundle made by pull
+  image encrypt --kbs URL --admin-key KEY --key-id kbs:///default/key/ID SRC DST
+        encrypt every layer, registering the key-encryption key in the KBS
+  keyprovider serve --listen unix:///PATH|tcp://HOST:PORT [--kbs URL --admin-key KEY]
+        serve the ocicrypt keyprovider protocol (WrapKey) for skopeo and friends
 
 Run 'guestctl <command> -h' for a command's flags.
 `
@@ -76,6 +85,14 @@ func run(ctx context.Context, args []string, e env) int {
 		err = attest(ctx, args[1:], e)
 	case "evidence":
 		err = evidence(ctx, args[1:], e)
+	case "pull":
+		err = pull(ctx, args[1:], e)
+	case "rm":
+		err = rm(ctx, args[1:], e)
+	case "image":
+		err = image(ctx, args[1:], e)
+	case "keyprovider":
+		err = keyproviderServe(ctx, args[1:], e)
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, usage)
 		return 0
