@@ -18,8 +18,9 @@ build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/guestctl ./cmd/guestctl
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/test-kbs ./test/kbs/cmd/test-kbs
 
-# deps installs the system packages tests and the demo use (swtpm for the
-# TPM tests); it is a no-op when they are present.
+# deps installs what tests, benchmarks and the demo use (swtpm, the
+# docker-registry, skopeo, umoci, gnupg, busybox-static; cosign v2 built into
+# .cache/bin); it is a no-op when they are present. See test/scripts/deps.sh.
 deps:
 	@./test/scripts/deps.sh
 

@@ -4,7 +4,8 @@
 # `make demo` as root on a fresh Debian 12 machine.
 #
 #   Debian packages: swtpm swtpm-tools (TPM tests), docker-registry, skopeo,
-#     busybox-static, gnupg, ca-certificates (test/registry, test/images).
+#     busybox-static, gnupg, ca-certificates (test/registry, test/images),
+#     umoci (the baseline of make bench).
 #     Fresh machine: apt-get update + install takes ~15-30 s.
 #   cosign v2.6.5, built with `go install` into .cache/bin/cosign (the
 #     test/images signing tests use it): 2-5 min the first time with cold Go
@@ -19,6 +20,9 @@ need=()
 command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+# umoci: the baseline `make bench` compares guestctl pull against.
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+[ -x /usr/bin/time ] || need+=(time) # GNU time measures peak RSS in make bench
 # The tests need the static busybox (it runs inside image rootfs without a
 # libc); Debian's "busybox" package is dynamically linked.
 case $(dpkg-query -W -f='${db:Status-Abbrev}' busybox-static 2>/dev/null || true) in
