@@ -249,11 +249,19 @@ func (p *Puller) Pull(ctx context.Context, imageRef, bundle string) (digest.Dige
 	}
 	chain := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
 
-	if err := p.unpack(ctx, name, src, layers, diffIDs, chain); err != nil {
-		return "", fmt.Errorf("pull %s: %w", name, err)
-	}
-	if err := p.store.Mount(ctx, chain[len(chain)-1], bundle); err != nil {
-		return "", fmt.Errorf("pull %s: %w", name, err)
+	// A concurrent Remove may collect the layers between unpack and Mount;
+	// then they are made again (those still there cost nothing).
+	for attempt := 0; ; attempt++ {
+		if err := p.unpack(ctx, name, src, layers, diffIDs, chain); err != nil {
+			return "", fmt.Errorf("pull %s: %w", name, err)
+		}
+		err := p.store.Mount(ctx, chain[len(chain)-1], bundle)
+		if err == nil {
+			break
+		}
+		if attempt > 0 || !errors.Is(err, snapshot.ErrNotFound) {
+			return "", fmt.Errorf("pull %s: %w", name, err)
+		}
 	}
 	if err := rootfs.WriteSpec(bundle, *cfg, rootfs.SpecOptions{}); err != nil {
 		if rerr := p.store.Remove(context.WithoutCancel(ctx), bundle); rerr != nil {
