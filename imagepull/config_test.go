@@ -2,8 +2,8 @@ package imagepull_test
 
 import (
 	"archive/tar"
-	"compress/gzip"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -261,7 +261,7 @@ func TestHTTPProxy(t *testing.T) {
 			o.HTTPProxy = fp.srv.URL
 			o.NoProxy = "registry.test"
 		})
-		pullFails(t, p, host+"/proxied/app:1", "registry.test", "no such host")
+		pullFails(t, p, host+"/proxied/app:1", "lookup registry.test")
 		if after, _ := fp.requests(); len(after) != len(before) {
 			t.Errorf("NoProxy host went through the proxy: %q", after[len(before):])
 		}

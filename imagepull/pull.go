@@ -176,6 +176,15 @@ func (p *Puller) Pull(ctx context.Context, imageRef, bundle string) (digest.Dige
 		return "", fmt.Errorf("pull %s: image reference: %w", imageRef, err)
 	}
 	named = reference.TagNameOnly(named)
+	// name:tag@digest is pulled by its digest, as image-rs and containerd
+	// do; containers/image refuses a reference with both.
+	if c, ok := named.(reference.Canonical); ok {
+		if _, tagged := named.(reference.NamedTagged); tagged {
+			if named, err = reference.WithDigest(reference.TrimNamed(named), c.Digest()); err != nil {
+				return "", fmt.Errorf("pull %s: image reference: %w", imageRef, err)
+			}
+		}
+	}
 	name := named.String()
 	p.event(Event{Image: name, Layer: -1, Phase: PhaseResolve})
 

@@ -26,10 +26,10 @@ import (
 	"github.com/guestd/guestd/imagepull/encrypt"
 	"github.com/guestd/guestd/kbc/kbs"
 	"github.com/guestd/guestd/kbc/resource"
+	"github.com/guestd/guestd/test/images"
 	testkbs "github.com/guestd/guestd/test/kbs"
 	"github.com/guestd/guestd/test/kbs/kbstest"
 	samplev "github.com/guestd/guestd/test/kbs/verifier/sample"
-	"github.com/guestd/guestd/test/images"
 	"github.com/guestd/guestd/test/registry"
 )
 
