@@ -24,15 +24,17 @@ build:
 deps:
 	@./test/scripts/deps.sh
 
-test: deps lint
+test: deps lint build
 	$(GO) test -race -count=1 -tags '$(TAGS)' $(PKGS)
+	@./test/scripts/demo.sh $(BIN) >$(BIN)/demo.log 2>&1 || { cat $(BIN)/demo.log; echo "make demo failed"; exit 1; }
+	@echo "make demo: ok (walkthrough in $(BIN)/demo.log)"
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags '$(TAGS)' $(PKGS)
 
-demo: build
+demo: deps build
 	@./test/scripts/demo.sh $(BIN)
 
 bench: deps
