@@ -9,7 +9,7 @@ TAGS      ?= containers_image_openpgp
 GOFLAGS_BUILD := -trimpath -tags '$(TAGS)' -ldflags '-s -w'
 PKGS      := ./...
 
-.PHONY: all build test lint demo bench deps clean
+.PHONY: all build test lint demo bench deps clean proto
 
 all: build
 
@@ -42,3 +42,10 @@ bench: deps
 
 clean:
 	rm -rf $(BIN)
+
+# proto regenerates agent/api's Go code (protobuf messages, gRPC and ttRPC
+# stubs) from agent/api/proto; it installs protoc (apt protobuf-compiler) and
+# the pinned plugins (.cache/bin) if missing. Commit the result:
+# agent/api's TestGeneratedCodeIsFresh fails while it is stale.
+proto:
+	@./test/scripts/proto-tools.sh gen

@@ -22,6 +22,7 @@ command -v swtpm >/dev/null 2>&1 || need+=(swtpm swtpm-tools)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 # umoci: the baseline `make bench` compares guestctl pull against.
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler) # agent/api codegen check
 command -v openssl >/dev/null 2>&1 || need+=(openssl) # make demo makes an admin key
 [ -x /usr/bin/time ] || need+=(time) # GNU time measures peak RSS in make bench
 # The tests need the static busybox (it runs inside image rootfs without a
