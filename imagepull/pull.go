@@ -343,14 +343,14 @@ func (p *Puller) checkPolicy(ctx context.Context, top types.UnparsedImage) error
 }
 
 type fetched struct {
-	path    string
-	release func()
-	err     error
+	blob *spooled
+	err  error
 }
 
 // unpack makes sure every layer of the chain is in the store. Missing
-// blobs are fetched ahead, at most MaxConcurrentLayers at a time, while the
-// layers are applied in order.
+// blobs download MaxConcurrentLayers at a time, in layer order, while the
+// layers are applied in order: the layer whose turn it is streams through
+// the applier as its bytes arrive (see spool).
 func (p *Puller) unpack(ctx context.Context, name string, src types.ImageSource, layers []types.BlobInfo, diffIDs, chain []digest.Digest) error {
 	ctx, cancel := context.WithCancel(ctx)
 	n := len(layers)
@@ -360,10 +360,12 @@ func (p *Puller) unpack(ctx context.Context, name string, src types.ImageSource,
 			results[i] = make(chan fetched, 1)
 		}
 	}
+	// A slot is held from a blob's download start until its layer is
+	// applied, so at most MaxConcurrentLayers blobs sit in the spool.
 	slots := make(chan struct{}, p.opts.MaxConcurrentLayers)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { // start fetches in layer order, MaxConcurrentLayers blobs at a time
+	go func() {
 		defer wg.Done()
 		for i := range n {
 			if results[i] == nil {
@@ -375,28 +377,26 @@ func (p *Puller) unpack(ctx context.Context, name string, src types.ImageSource,
 				results[i] <- fetched{err: ctx.Err()}
 				continue
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				path, release, err := p.spool.get(ctx, layers[i].Digest, p.blobFetcher(name, src, i, n, layers[i]))
-				if err != nil {
-					<-slots
-					results[i] <- fetched{err: err}
-					return
-				}
-				results[i] <- fetched{path: path, release: func() { release(); <-slots }}
-			}()
+			b, err := p.spool.get(ctx, layers[i].Digest, p.blobFetcher(name, src, i, n, layers[i]))
+			if err != nil {
+				<-slots
+			}
+			results[i] <- fetched{blob: b, err: err}
 		}
 	}()
 	consumed := make([]bool, n)
+	release := func(f fetched) {
+		if f.blob != nil {
+			f.blob.Release()
+			<-slots
+		}
+	}
 	defer func() {
 		cancel()
 		wg.Wait()
 		for i, ch := range results {
 			if ch != nil && !consumed[i] {
-				if f := <-ch; f.release != nil {
-					f.release()
-				}
+				release(<-ch)
 			}
 		}
 	}()
@@ -413,15 +413,18 @@ func (p *Puller) unpack(ctx context.Context, name string, src types.ImageSource,
 			if results[i] != nil {
 				f = <-results[i]
 				consumed[i] = true
+				defer release(f)
 			} else { // the layer vanished (collected) since we looked
-				f.path, f.release, f.err = p.spool.get(ctx, layers[i].Digest, p.blobFetcher(name, src, i, n, layers[i]))
+				f.blob, f.err = p.spool.get(ctx, layers[i].Digest, p.blobFetcher(name, src, i, n, layers[i]))
+				if f.blob != nil {
+					defer f.blob.Release()
+				}
 			}
 			if f.err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i, layers[i].Digest, f.err)
 			}
-			defer f.release()
 			p.event(Event{Image: name, Layer: i, Layers: n, Digest: layers[i].Digest.String(), Phase: PhaseApply, Size: layers[i].Size})
-			if err := p.applyLayer(ctx, f.path, layers[i], diffIDs[i], dir, parents); err != nil {
+			if err := p.applyLayer(ctx, f.blob, layers[i], diffIDs[i], dir, parents); err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i, layers[i].Digest, err)
 			}
 			return nil
@@ -432,9 +435,7 @@ func (p *Puller) unpack(ctx context.Context, name string, src types.ImageSource,
 		if !applied {
 			if results[i] != nil && !consumed[i] {
 				consumed[i] = true
-				if f := <-results[i]; f.release != nil {
-					f.release()
-				}
+				release(<-results[i])
 			}
 			p.event(Event{Image: name, Layer: i, Layers: n, Digest: layers[i].Digest.String(), Phase: PhaseCached, Size: layers[i].Size})
 			continue
@@ -475,10 +476,14 @@ func (p *Puller) blobFetcher(name string, src types.ImageSource, i, n int, li ty
 	}
 }
 
-// applyLayer decrypts (if needed), decompresses and applies one verified
-// blob, checking the result against diffID.
-func (p *Puller) applyLayer(ctx context.Context, blobPath string, li types.BlobInfo, diffID digest.Digest, dir string, parents []string) error {
-	f, err := os.Open(blobPath)
+// applyLayer streams one blob, as it downloads, through decryption (if
+// needed), decompression and the applier, checking the result against
+// diffID; the blob's own digest verdict must arrive before the layer counts.
+func (p *Puller) applyLayer(ctx context.Context, blob *spooled, li types.BlobInfo, diffID digest.Digest, dir string, parents []string) error {
+	if err := diffID.Validate(); err != nil {
+		return fmt.Errorf("diff_id %q: %w", diffID, err)
+	}
+	f, err := blob.Open(ctx)
 	if err != nil {
 		return err
 	}
@@ -493,29 +498,38 @@ func (p *Puller) applyLayer(ctx context.Context, blobPath string, li types.BlobI
 	} else if !plainLayerType(li.MediaType) {
 		return fmt.Errorf("layer media type %q is not supported", li.MediaType)
 	}
-	tarStream, _, err := compression.AutoDecompress(stream)
-	if err != nil {
-		return fmt.Errorf("decompress: %w", err)
+	applyErr := func() error {
+		tarStream, _, err := compression.AutoDecompress(stream)
+		if err != nil {
+			return fmt.Errorf("decompress: %w", err)
+		}
+		defer tarStream.Close()
+		verifier := diffID.Verifier()
+		if _, err := rootfs.Apply(ctx, dir, io.TeeReader(tarStream, verifier), rootfs.ApplyOptions{Parents: parents, MaxBytes: p.opts.MaxLayerBytes}); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		// Whatever the tar reader left (padding) still counts for the digest.
+		if _, err := io.Copy(verifier, tarStream); err != nil {
+			return fmt.Errorf("decompress: %w", err)
+		}
+		if err := check(); err != nil {
+			return fmt.Errorf("decrypt: %w", err)
+		}
+		if !verifier.Verified() {
+			return fmt.Errorf("layer content does not match its diff_id %s", diffID)
+		}
+		return nil
+	}()
+	// The download's verdict comes first: a blob that does not match its
+	// digest explains any later failure, and nothing counts without it.
+	// After a failure there is no point waiting for the rest of the blob.
+	if applyErr != nil {
+		if finished, err := blob.Result(); finished && err != nil {
+			return err
+		}
+		return applyErr
 	}
-	defer tarStream.Close()
-	if err := diffID.Validate(); err != nil {
-		return fmt.Errorf("diff_id %q: %w", diffID, err)
-	}
-	verifier := diffID.Verifier()
-	if _, err := rootfs.Apply(ctx, dir, io.TeeReader(tarStream, verifier), rootfs.ApplyOptions{Parents: parents, MaxBytes: p.opts.MaxLayerBytes}); err != nil {
-		return fmt.Errorf("apply: %w", err)
-	}
-	// Whatever the tar reader left (padding) still counts for the digest.
-	if _, err := io.Copy(verifier, tarStream); err != nil {
-		return fmt.Errorf("decompress: %w", err)
-	}
-	if err := check(); err != nil {
-		return fmt.Errorf("decrypt: %w", err)
-	}
-	if !verifier.Verified() {
-		return fmt.Errorf("layer content does not match its diff_id %s", diffID)
-	}
-	return nil
+	return blob.Wait(ctx)
 }
 
 func plainLayerType(mt string) bool {
