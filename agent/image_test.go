@@ -55,3 +55,36 @@ func TestRegistriesConf(t *testing.T) {
 		t.Fatalf("search registries %v, %v", search, err)
 	}
 }
+
+// TestPullOptions checks upstream's precedence is carried into the puller's
+// options: policy and sigstore URIs win over inline values, the inline
+// registry table wins over its URI.
+func TestPullOptions(t *testing.T) {
+	img := config.DefaultImage()
+	img.ImageSecurityPolicyURI = "kbs:///default/security-policy/test"
+	img.ImageSecurityPolicy = `{"default":[{"type":"reject"}]}`
+	img.SigstoreConfig = "default-docker: {}\n"
+	img.AuthenticatedRegistryCredentialsURI = "kbs:///default/credential/test"
+	img.RegistryConfigurationURI = "kbs:///default/registry-configuration/test"
+	img.RegistryConfig = &config.RegistryConfig{Registry: []config.Registry{{Location: "r.example", Insecure: true}}}
+	img.ImagePullProxy = &config.ImagePullProxy{HTTPSProxy: "http://proxy:3128", NoProxy: "local"}
+	img.ExtraRootCertificates = []string{"-----BEGIN CERTIFICATE-----\n..."}
+	o, err := PullOptions(img, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case o.PolicyURI != img.ImageSecurityPolicyURI || len(o.Policy) != 0:
+		t.Errorf("policy: URI %q inline %q; the URI must win", o.PolicyURI, o.Policy)
+	case o.SigstoreConfigURI != "" || string(o.SigstoreConfig) != img.SigstoreConfig:
+		t.Errorf("sigstore config: %q / %q", o.SigstoreConfigURI, o.SigstoreConfig)
+	case o.RegistriesConfURI != "" || !strings.Contains(string(o.RegistriesConf), `location = "r.example"`):
+		t.Errorf("registries: URI %q, inline %s; the inline table must win", o.RegistriesConfURI, o.RegistriesConf)
+	case !o.RequirePolicy || o.AuthURI != img.AuthenticatedRegistryCredentialsURI:
+		t.Errorf("require policy %v, auth %q", o.RequirePolicy, o.AuthURI)
+	case o.HTTPSProxy != "http://proxy:3128" || o.NoProxy != "local" || len(o.ExtraRootCAs) != 1:
+		t.Errorf("proxy %q/%q, CAs %d", o.HTTPSProxy, o.NoProxy, len(o.ExtraRootCAs))
+	case o.WorkDir != img.WorkDir || o.MaxConcurrentLayers != img.MaxConcurrentLayerDownloadsPerImage:
+		t.Errorf("work dir %q, layers %d", o.WorkDir, o.MaxConcurrentLayers)
+	}
+}
