@@ -36,11 +36,13 @@ type Endpoint struct {
 	// --src-cert-dir/--dest-cert-dir or a containers certs.d host dir; ""
 	// for plain HTTP.
 	CertDir string
-	// User and Password are the credentials of the first htpasswd user
-	// (in sorted order); both "" when the registry is anonymous.
+	// User and Password are the credentials of the first htpasswd (or
+	// token server) user in sorted order; both "" when the registry is
+	// anonymous.
 	User, Password string
 
 	client *http.Client
+	tokens *TokenServer // set when the registry takes bearer tokens
 }
 
 // Addr returns e itself; it makes *Registry and *Proxy Targets.
@@ -53,9 +55,17 @@ func (e *Endpoint) TLS() bool { return e.CAPEM != nil }
 // add credentials; use SetAuth on requests.
 func (e *Endpoint) Client() *http.Client { return e.client }
 
-// SetAuth adds the endpoint's basic-auth credentials to req, if it has any.
+// SetAuth adds the endpoint's credentials to req, if it has any: basic
+// auth, or for a token-auth registry a bearer token fetched for User with
+// the scope the request needs (pull for GET/HEAD, pull,push for uploads,
+// delete for DELETE). If the token server refuses, req is left without
+// credentials and the registry answers 401.
 func (e *Endpoint) SetAuth(req *http.Request) {
-	if e.User != "" {
+	switch {
+	case e.User == "":
+	case e.tokens != nil:
+		e.tokens.setBearer(req, e.User, e.Password)
+	default:
 		req.SetBasicAuth(e.User, e.Password)
 	}
 }

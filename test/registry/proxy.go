@@ -116,7 +116,7 @@ func newProxy(t testing.TB, r *Registry) *Proxy {
 	tr := r.client.Transport.(*http.Transport).Clone()
 	tr.DisableCompression = true // pass bodies through byte for byte
 	p := &Proxy{Upstream: r}
-	p.Endpoint = Endpoint{CAPEM: r.CAPEM, CAFile: r.CAFile, CertDir: r.CertDir, User: r.User, Password: r.Password}
+	p.Endpoint = Endpoint{CAPEM: r.CAPEM, CAFile: r.CAFile, CertDir: r.CertDir, User: r.User, Password: r.Password, tokens: r.tokens}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(up)

@@ -43,15 +43,27 @@ type Options struct {
 	// CAPEM, CAFile, CertDir).
 	TLS bool
 	// Htpasswd maps user names to passwords. When non-empty, the registry
-	// requires basic auth (realm "guestd-test") for every request.
+	// requires basic auth (realm "guestd-test") for every request, unless
+	// Token is set.
 	Htpasswd map[string]string
+	// Token makes the registry require bearer tokens (auth: token) instead
+	// of basic auth: Start also runs a TokenServer (Registry.Token) on
+	// another free loopback port, TLS when the registry is, that issues
+	// them to the Htpasswd users, which must not be empty. Clients given
+	// the endpoint's credentials (skopeo --creds, auth.json, SetAuth) get
+	// tokens from it through the usual 401 challenge.
+	Token bool
 }
 
 // Registry is one running docker-registry process.
 type Registry struct {
 	Endpoint
-	// Users are the htpasswd users and their passwords (nil when anonymous).
+	// Users are the htpasswd (or token server) users and their passwords
+	// (nil when anonymous).
 	Users map[string]string
+	// Token is the token server the registry trusts (nil unless
+	// Options.Token).
+	Token *TokenServer
 	// Root is the registry's storage root directory.
 	Root string
 	// Config is the path of the registry's config YAML.
@@ -94,12 +106,21 @@ func Start(t testing.TB, opts Options) *Registry {
 		r.CAPEM, r.CAFile, r.CertDir = p.caPEM, p.caFile, p.certDir
 		r.pair = &p.pair
 	}
-	htpasswd := ""
-	if r.Users != nil {
-		htpasswd = filepath.Join(dir, "htpasswd")
+	auth := ""
+	switch {
+	case opts.Token:
+		if r.Users == nil {
+			t.Fatalf("registry: %v", errNoUsers)
+		}
+		r.Token = startTokenServer(t, filepath.Join(dir, "token"), r.Users, r.pair, r.CAPEM)
+		r.tokens = r.Token
+		auth = r.Token.authYAML()
+	case r.Users != nil:
+		htpasswd := filepath.Join(dir, "htpasswd")
 		if err := writeHtpasswd(htpasswd, r.Users); err != nil {
 			t.Fatalf("registry htpasswd: %v", err)
 		}
+		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: guestd-test\n    path: %q\n", htpasswd)
 	}
 	r.client = newClient(r.CAPEM)
 	t.Cleanup(r.client.CloseIdleConnections)
@@ -114,7 +135,7 @@ func Start(t testing.TB, opts Options) *Registry {
 		if opts.TLS {
 			r.URL = "https://" + r.Host
 		}
-		if err := os.WriteFile(r.Config, configYAML(r.Root, r.Host, tlsFiles, htpasswd), 0o600); err != nil {
+		if err := os.WriteFile(r.Config, configYAML(r.Root, r.Host, tlsFiles, auth), 0o600); err != nil {
 			t.Fatalf("write registry config %s: %v", r.Config, err)
 		}
 		err = r.start(t)
@@ -217,8 +238,9 @@ func (r *Registry) PID() int { return r.cmd.Process.Pid }
 func (r *Registry) Output() string { return r.out.String() }
 
 // configYAML renders a distribution 2.8 configuration: filesystem storage
-// under root, deletes enabled, no redis or cache, listening on addr only.
-func configYAML(root, addr string, tlsFiles *pki, htpasswd string) []byte {
+// under root, deletes enabled, no redis or cache, listening on addr only,
+// with auth (a rendered top-level auth section, or "") appended.
+func configYAML(root, addr string, tlsFiles *pki, auth string) []byte {
 	secret := make([]byte, 16)
 	_, _ = rand.Read(secret) // crypto/rand.Read never fails
 	var b bytes.Buffer
@@ -244,9 +266,7 @@ http:
 	if tlsFiles != nil {
 		fmt.Fprintf(&b, "  tls:\n    certificate: %q\n    key: %q\n", tlsFiles.crtFile, tlsFiles.keyFile)
 	}
-	if htpasswd != "" {
-		fmt.Fprintf(&b, "auth:\n  htpasswd:\n    realm: guestd-test\n    path: %q\n", htpasswd)
-	}
+	b.WriteString(auth)
 	return b.Bytes()
 }
 
