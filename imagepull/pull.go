@@ -26,6 +26,7 @@ import (
 	"go.podman.io/image/v5/types"
 
 	"github.com/guestd/guestd/imagepull/decrypt"
+	"github.com/guestd/guestd/internal/atomicfile"
 	"github.com/guestd/guestd/kbc/keyprovider"
 	"github.com/guestd/guestd/rootfs"
 	"github.com/guestd/guestd/snapshot"
@@ -118,7 +119,7 @@ func (p *Puller) writeRegistryConfig(ctx context.Context) error {
 	for _, host := range p.opts.InsecureRegistries {
 		fmt.Fprintf(&b, "\n[[registry]]\nlocation = %q\ninsecure = true\n", host)
 	}
-	if err := writeFileAtomic(filepath.Join(p.confDir, "registries.conf"), []byte(b.String())); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(p.confDir, "registries.conf"), []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("registry configuration: %w", err)
 	}
 
@@ -134,11 +135,11 @@ func (p *Puller) writeRegistryConfig(ctx context.Context) error {
 		// only looks for them when told to.
 		sig = []byte("default-docker:\n  use-sigstore-attachments: true\n")
 	}
-	if err := writeFileAtomic(filepath.Join(p.confDir, "registries.d", "guestd.yaml"), sig); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(p.confDir, "registries.d", "guestd.yaml"), sig, 0o600); err != nil {
 		return fmt.Errorf("sigstore configuration: %w", err)
 	}
 	for i, ca := range p.opts.ExtraRootCAs {
-		if err := writeFileAtomic(filepath.Join(p.confDir, "certs", fmt.Sprintf("extra-%d.crt", i)), ca); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(p.confDir, "certs", fmt.Sprintf("extra-%d.crt", i)), ca, 0o600); err != nil {
 			return fmt.Errorf("extra root CA: %w", err)
 		}
 	}

@@ -3,7 +3,6 @@ package rootfs
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -12,6 +11,8 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/guestd/guestd/internal/atomicfile"
 )
 
 // Bundle layout, as kata-agent expects it from PullImage.
@@ -60,36 +61,10 @@ func WriteSpec(bundle string, img ocispec.Image, opts SpecOptions) error {
 		return fmt.Errorf("write runtime spec for bundle %s: %w", bundle, err)
 	}
 	dst := filepath.Join(bundle, SpecFile)
-	if err := writeFileAtomic(dst, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write runtime spec %s: %w", dst, err)
+	if err := atomicfile.WriteFile(dst, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write runtime spec: %w", err)
 	}
 	return nil
-}
-
-func writeFileAtomic(dst string, data []byte, mode os.FileMode) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(mode); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), dst)
 }
 
 // SpecFromImage derives the OCI runtime spec of a container running img

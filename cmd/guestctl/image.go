@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +18,7 @@ import (
 	ocikp "github.com/containers/ocicrypt/utils/keyprovider"
 	"google.golang.org/grpc"
 
+	"github.com/guestd/guestd/agent"
 	"github.com/guestd/guestd/imagepull"
 	"github.com/guestd/guestd/imagepull/encrypt"
 	"github.com/guestd/guestd/kbc"
@@ -151,19 +152,9 @@ func image(ctx context.Context, args []string, e env) error {
 	if fs.NArg() != 2 || *kbsURL == "" || *adminKey == "" || *keyID == "" {
 		return fmt.Errorf("%w: want --kbs, --admin-key, --key-id and SRC DST (oci:DIR:TAG or docker://HOST/REPO:TAG)", errUsage)
 	}
-	keyPEM, err := os.ReadFile(*adminKey)
-	if err != nil {
-		return fmt.Errorf("read --admin-key: %w", err)
-	}
-	key, err := encrypt.ParseAdminKey(keyPEM)
+	key, cert, err := readAdmin(*adminKey, *kbsCert)
 	if err != nil {
 		return err
-	}
-	var cert []byte
-	if *kbsCert != "" {
-		if cert, err = os.ReadFile(*kbsCert); err != nil {
-			return fmt.Errorf("read --kbs-cert: %w", err)
-		}
 	}
 	return encrypt.Encrypt(ctx, fs.Arg(0), fs.Arg(1), encrypt.Options{
 		KBSURL: *kbsURL, AdminKey: key, KBSCertPEM: cert, KeyID: *keyID, Algorithm: *alg,
@@ -193,25 +184,19 @@ func keyproviderServe(ctx context.Context, args []string, e env) error {
 	log := slog.New(slog.NewTextHandler(e.stderr, nil))
 	cfg := keyprovider.ServerConfig{Logger: log}
 	if *kbsURL != "" {
-		keyPEM, err := os.ReadFile(*adminKey)
-		if err != nil {
-			return fmt.Errorf("read --admin-key: %w", err)
-		}
-		key, err := encrypt.ParseAdminKey(keyPEM)
+		key, cert, err := readAdmin(*adminKey, *kbsCert)
 		if err != nil {
 			return err
-		}
-		var cert []byte
-		if *kbsCert != "" {
-			if cert, err = os.ReadFile(*kbsCert); err != nil {
-				return fmt.Errorf("read --kbs-cert: %w", err)
-			}
 		}
 		if cfg.Registrar, err = kbs.NewAdmin(*kbsURL, key, cert); err != nil {
 			return err
 		}
 	}
-	ln, err := listenAddr(*listen)
+	addr, err := agent.ParseAddress(*listen)
+	if err != nil {
+		return fmt.Errorf("%w: --listen: %v", errUsage, err)
+	}
+	ln, err := agent.Listen(addr)
 	if err != nil {
 		return err
 	}
@@ -229,26 +214,24 @@ func keyproviderServe(ctx context.Context, args []string, e env) error {
 	return nil
 }
 
-func listenAddr(addr string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(addr, "unix://"):
-		path := strings.TrimPrefix(addr, "unix://")
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(path, 0o600); err != nil {
-			ln.Close()
-			return nil, err
-		}
-		return ln, nil
-	case strings.HasPrefix(addr, "tcp://"):
-		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp://"))
+// readAdmin reads the KBS admin key (--admin-key) and the optional extra CA
+// of an https KBS (--kbs-cert).
+func readAdmin(keyPath, certPath string) (ed25519.PrivateKey, []byte, error) {
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read --admin-key: %w", err)
 	}
-	return nil, fmt.Errorf("%w: listen address %q is not unix:///PATH or tcp://HOST:PORT", errUsage, addr)
+	key, err := encrypt.ParseAdminKey(keyPEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	var cert []byte
+	if certPath != "" {
+		if cert, err = os.ReadFile(certPath); err != nil {
+			return nil, nil, fmt.Errorf("read --kbs-cert: %w", err)
+		}
+	}
+	return key, cert, nil
 }
 
 func isTerminal(w io.Writer) bool {

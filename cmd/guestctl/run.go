@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/guestd/guestd/attester"
 	"github.com/guestd/guestd/attester/detect"
 	"github.com/guestd/guestd/attester/tpm"
+	"github.com/guestd/guestd/internal/atomicfile"
 	"github.com/guestd/guestd/kbc"
 	"github.com/guestd/guestd/kbc/kbs"
 	"github.com/guestd/guestd/kbc/offline"
@@ -257,7 +257,7 @@ func getResource(ctx context.Context, args []string, e env) error {
 		_, err = e.stdout.Write(data)
 		return err
 	}
-	return writeFileAtomic(*out, data)
+	return atomicfile.WriteFile(*out, data, 0o600)
 }
 
 func attest(ctx context.Context, args []string, e env) error {
@@ -330,33 +330,4 @@ func writeJSON(w io.Writer, raw json.RawMessage) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, so a failure never leaves a partial file.
-func writeFileAtomic(path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if err = tmp.Chmod(0o600); err == nil {
-		if _, err = tmp.Write(data); err == nil {
-			err = tmp.Sync()
-		}
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

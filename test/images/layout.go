@@ -11,6 +11,8 @@ import (
 
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/guestd/guestd/internal/atomicfile"
 )
 
 // WriteOCILayout writes a into the OCI image layout at dir (created if
@@ -35,7 +37,7 @@ func WriteOCILayout(dir, tag string, a Artifact) error {
 	if err != nil {
 		return fmt.Errorf("encode oci-layout: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, ocispec.ImageLayoutFile), layout); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ocispec.ImageLayoutFile), layout, 0o644); err != nil {
 		return err
 	}
 	for _, b := range blobs {
@@ -69,7 +71,7 @@ func WriteOCILayout(dir, tag string, a Artifact) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", indexPath, err)
 	}
-	return writeFileAtomic(indexPath, data)
+	return atomicfile.WriteFile(indexPath, data, 0o644)
 }
 
 // writeBlob stores b under dir/blobs unless it is already there.
@@ -85,7 +87,7 @@ func writeBlob(dir string, b Blob) error {
 		return fmt.Errorf("create blob dir for %s: %w", b.Digest, err)
 	}
 	if b.Path == "" {
-		return writeFileAtomic(p, b.Data)
+		return atomicfile.WriteFile(p, b.Data, 0o644)
 	}
 	if err := os.Link(b.Path, p); err == nil {
 		return nil
@@ -113,29 +115,6 @@ func writeBlob(dir string, b Blob) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temp file and a rename.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("chmod %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename into %s: %w", path, err)
-	}
-	return nil
-}
-
 // WriteDir writes a in the layout of the containers "dir:" transport
 // (skopeo copy dir:DIR ...): manifest.json for the top-level manifest,
 // <hex>.manifest.json for the manifests an index lists, <hex> for every
@@ -149,7 +128,7 @@ func WriteDir(dir string, a Artifact) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create dir image %s: %w", dir, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "version"), []byte("Directory Transport Version: 1.1\n")); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "version"), []byte("Directory Transport Version: 1.1\n"), 0o644); err != nil {
 		return err
 	}
 	for i, b := range blobs {
@@ -164,7 +143,7 @@ func WriteDir(dir string, a Artifact) error {
 		if err != nil {
 			return fmt.Errorf("write dir image %s: %w", dir, err)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, name), data); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
 			return err
 		}
 	}

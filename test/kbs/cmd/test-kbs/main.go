@@ -14,10 +14,10 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/guestd/guestd/internal/atomicfile"
 	"github.com/guestd/guestd/kbc/protocol"
 	"github.com/guestd/guestd/test/kbs"
 	"github.com/guestd/guestd/test/kbs/verifier/sample"
@@ -147,7 +147,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer ln.Close()
 	addr := ln.Addr().String()
 	if *addrFile != "" {
-		if err := writeAtomic(*addrFile, []byte(addr)); err != nil {
+		if err := atomicfile.WriteFile(*addrFile, []byte(addr), 0o644); err != nil {
 			return err
 		}
 	}
@@ -198,21 +198,4 @@ func readEd25519(path string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s holds a %T, not an Ed25519 key", path, pub)
 	}
 	return k, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".addr*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
