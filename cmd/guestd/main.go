@@ -9,26 +9,42 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/guestd/guestd/agent/config"
 	"github.com/guestd/guestd/attester/detect"
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)
+	stop()
+	os.Exit(code)
 }
 
-const usage = `usage: guestd check [flags]
+const usage = `usage: guestd serve [flags] | guestd check [flags]
 
+  serve   run the attestation agent and the confidential data hub (with the
+          ocicrypt keyprovider) on kata's ttRPC sockets, optional gRPC
+          listeners and the loopback REST API, sharing one attester and one
+          KBS client; stops cleanly on SIGTERM
   check   load the configuration exactly as the daemon does (kernel command
           line, AA and CDH config files, initdata), detect the TEE, and print
           the effective configuration as JSON; exit 1 on any error
-
-The API servers (attestation agent, confidential data hub, keyprovider, REST)
-are not in this build yet.
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) int {
+	if len(args) > 0 && args[0] == "serve" {
+		if err := serve(ctx, args[1:], stderr, lookupEnv); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			fmt.Fprintf(stderr, "guestd serve: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	if len(args) == 0 || args[0] != "check" {
 		fmt.Fprint(stderr, usage)
 		return 2
