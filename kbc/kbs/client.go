@@ -337,11 +337,17 @@ func (c *Client) postJSON(ctx context.Context, step string, body []byte, out any
 func (c *Client) do(ctx context.Context, step, method, path string, body []byte, prepare func(*http.Request), limit int64, out any) (int, error) {
 	target := c.base.String() + path
 	delay := c.cfg.InitialBackoff
+	var prev error // the last failure that was not the deadline itself
 	for try := 1; ; try++ {
 		status, retry, err := c.once(ctx, step, method, target, path, body, prepare, limit, out)
+		if err != nil && ctx.Err() != nil && prev != nil {
+			// The deadline cut an attempt short: say what kept failing.
+			return status, fmt.Errorf("%w (gave up after %d attempts at the deadline; the previous attempt failed: %v)", err, try, prev)
+		}
 		if err == nil || !retry {
 			return status, err
 		}
+		prev = err
 		// Full jitter in [delay/2, delay).
 		wait := delay/2 + rand.N(delay/2+1)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {

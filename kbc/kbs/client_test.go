@@ -623,3 +623,26 @@ func BenchmarkFetch20(b *testing.B) {
 	}
 	b.ReportMetric(float64(handshakes), "handshakes/20fetches")
 }
+
+// TestDeadlineNamesTheCause: when the deadline cuts an attempt short, the
+// error still says what made the earlier attempts fail.
+func TestDeadlineNamesTheCause(t *testing.T) {
+	var auths atomic.Int32
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	url := hostile(t, map[string]http.HandlerFunc{"/auth": func(w http.ResponseWriter, r *http.Request) {
+		if auths.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		select { // hang until the client gives up
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}})
+	c := newClient(t, url, func(c *kbs.Config) { c.Timeout = 500 * time.Millisecond })
+	_, err := c.GetResource(context.Background(), mustURI(t, "kbs:///default/key/1"))
+	if err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Fatalf("error %v: want the deadline and the earlier 503", err)
+	}
+}
