@@ -629,17 +629,20 @@ func BenchmarkFetch20(b *testing.B) {
 func TestDeadlineNamesTheCause(t *testing.T) {
 	var auths atomic.Int32
 	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
 	url := hostile(t, map[string]http.HandlerFunc{"/auth": func(w http.ResponseWriter, r *http.Request) {
 		if auths.Add(1) == 1 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
-		select { // hang until the client gives up
+		// Hang until the client gives up (the body is read so that the
+		// server notices the client closing) or the test ends.
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
 		case <-r.Context().Done():
 		case <-release:
 		}
 	}})
+	t.Cleanup(func() { close(release) }) // runs before the server's Close
 	c := newClient(t, url, func(c *kbs.Config) { c.Timeout = 500 * time.Millisecond })
 	_, err := c.GetResource(context.Background(), mustURI(t, "kbs:///default/key/1"))
 	if err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "HTTP 503") {
