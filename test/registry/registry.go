@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,11 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/guestd/guestd/test/child"
 )
 
 const (
@@ -69,12 +69,9 @@ type Registry struct {
 	// Config is the path of the registry's config YAML.
 	Config string
 
-	pair   *tls.Certificate // the server key pair when serving TLS
-	cmd    *exec.Cmd
-	out    *lockedBuffer
-	exited chan struct{} // closed once the process has been waited for
-	err    error         // the process's exit status, valid after exited
-	once   sync.Once
+	pair *tls.Certificate // the server key pair when serving TLS
+	proc *child.Process
+	out  *lockedBuffer
 }
 
 // Start runs docker-registry on a free loopback port with storage in a new
@@ -147,7 +144,7 @@ func Start(t testing.TB, opts Options) *Registry {
 			continue
 		}
 		t.Fatalf("docker-registry (pid %d) did not come up on %s: %v\nregistry output:\n%s",
-			r.cmd.Process.Pid, r.Host, err, r.out.String())
+			r.proc.PID(), r.Host, err, r.out.String())
 	}
 }
 
@@ -155,28 +152,22 @@ func Start(t testing.TB, opts Options) *Registry {
 // answer; on failure the process is stopped and its output kept in r.out.
 func (r *Registry) start(t testing.TB) error {
 	r.out = &lockedBuffer{}
-	r.exited = make(chan struct{})
-	r.once = sync.Once{}
-	r.cmd = exec.Command(Binary, "serve", r.Config)
-	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
-	r.cmd.SysProcAttr = sysProcAttr()
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start docker-registry: %v", err)
+	cmd := exec.Command(Binary, "serve", r.Config)
+	cmd.Stdout, cmd.Stderr = r.out, r.out
+	proc, err := child.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd, exited := r.cmd, r.exited
-	go func() {
-		r.err = cmd.Wait()
-		close(exited)
-	}()
+	r.proc = proc
 	if err := r.waitReady(); err != nil {
-		if serr := r.Stop(); serr != nil {
-			t.Logf("stop docker-registry (pid %d): %v", cmd.Process.Pid, serr)
+		if serr := proc.Stop(stopTimeout); serr != nil {
+			t.Logf("stop docker-registry (pid %d): %v", proc.PID(), serr)
 		}
 		return err
 	}
 	t.Cleanup(func() {
-		if err := r.Stop(); err != nil {
-			t.Errorf("stop docker-registry (pid %d): %v", cmd.Process.Pid, err)
+		if err := proc.Stop(stopTimeout); err != nil {
+			t.Errorf("stop docker-registry (pid %d): %v", proc.PID(), err)
 		}
 	})
 	return nil
@@ -187,8 +178,8 @@ func (r *Registry) waitReady() error {
 	deadline := time.Now().Add(startTimeout)
 	for {
 		select {
-		case <-r.exited:
-			return fmt.Errorf("docker-registry exited: %v", r.err)
+		case <-r.proc.Exited():
+			return fmt.Errorf("docker-registry exited: %v", r.proc.Err())
 		default:
 		}
 		resp, err := r.client.Get(r.URL + "/v2/")
@@ -208,31 +199,10 @@ func (r *Registry) waitReady() error {
 
 // Stop terminates the registry (SIGTERM, then SIGKILL after a grace
 // period) and waits for it to exit. It may be called more than once.
-func (r *Registry) Stop() error {
-	var err error
-	r.once.Do(func() {
-		select {
-		case <-r.exited:
-			return
-		default:
-		}
-		if serr := r.cmd.Process.Signal(syscall.SIGTERM); serr != nil && !errors.Is(serr, os.ErrProcessDone) {
-			err = fmt.Errorf("signal docker-registry: %w", serr)
-		}
-		select {
-		case <-r.exited:
-		case <-time.After(stopTimeout):
-			if kerr := r.cmd.Process.Kill(); kerr != nil && !errors.Is(kerr, os.ErrProcessDone) {
-				err = fmt.Errorf("kill docker-registry: %w", kerr)
-			}
-			<-r.exited
-		}
-	})
-	return err
-}
+func (r *Registry) Stop() error { return r.proc.Stop(stopTimeout) }
 
 // PID returns the registry's process id.
-func (r *Registry) PID() int { return r.cmd.Process.Pid }
+func (r *Registry) PID() int { return r.proc.PID() }
 
 // Output returns what the registry has logged so far.
 func (r *Registry) Output() string { return r.out.String() }

@@ -2,16 +2,16 @@ package swtpm
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/guestd/guestd/test/child"
 )
 
 // startTimeout bounds how long Start waits for the command socket.
@@ -30,11 +30,8 @@ type TPM struct {
 	// objects). Starting another swtpm on it resumes that state.
 	StateDir string
 
-	cmd    *exec.Cmd
+	proc   *child.Process
 	stderr *lockedBuffer
-	exited chan struct{} // closed once the process has been waited for
-	err    error         // the process's exit status, valid after exited
-	once   sync.Once
 }
 
 // Device returns the device string the TPM attester takes for this TPM:
@@ -70,30 +67,24 @@ func StartState(t testing.TB, stateDir string) *TPM {
 		Ctrl:     filepath.Join(sockDir, "ctrl.sock"),
 		StateDir: stateDir,
 		stderr:   &lockedBuffer{},
-		exited:   make(chan struct{}),
 	}
-	p.cmd = exec.Command(bin, "socket", "--tpm2",
+	cmd := exec.Command(bin, "socket", "--tpm2",
 		"--tpmstate", "dir="+stateDir,
 		"--server", "type=unixio,path="+p.Socket,
 		"--ctrl", "type=unixio,path="+p.Ctrl,
 		"--flags", "not-need-init,startup-clear")
-	p.cmd.Stdout = p.stderr
-	p.cmd.Stderr = p.stderr
-	p.cmd.SysProcAttr = sysProcAttr()
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start swtpm: %v", err)
+	cmd.Stdout = p.stderr
+	cmd.Stderr = p.stderr
+	if p.proc, err = child.Start(cmd); err != nil {
+		t.Fatal(err)
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
 	t.Cleanup(func() {
 		if err := p.Stop(); err != nil {
-			t.Errorf("stop swtpm (pid %d): %v", p.cmd.Process.Pid, err)
+			t.Errorf("stop swtpm (pid %d): %v", p.proc.PID(), err)
 		}
 	})
 	if err := p.waitReady(); err != nil {
-		t.Fatalf("swtpm (pid %d) did not come up: %v\nswtpm output:\n%s", p.cmd.Process.Pid, err, p.stderr.String())
+		t.Fatalf("swtpm (pid %d) did not come up: %v\nswtpm output:\n%s", p.proc.PID(), err, p.stderr.String())
 	}
 	return p
 }
@@ -103,8 +94,8 @@ func (p *TPM) waitReady() error {
 	deadline := time.Now().Add(startTimeout)
 	for {
 		select {
-		case <-p.exited:
-			return fmt.Errorf("swtpm exited: %v", p.err)
+		case <-p.proc.Exited():
+			return fmt.Errorf("swtpm exited: %v", p.proc.Err())
 		default:
 		}
 		c, err := net.DialTimeout("unix", p.Socket, time.Second)
@@ -121,28 +112,7 @@ func (p *TPM) waitReady() error {
 // Stop terminates this swtpm (SIGTERM, then SIGKILL after a grace period)
 // and waits for it to exit. It may be called more than once; the TPM state
 // in StateDir stays for a later StartState.
-func (p *TPM) Stop() error {
-	var err error
-	p.once.Do(func() {
-		select {
-		case <-p.exited:
-			return // already gone; nothing to signal
-		default:
-		}
-		if serr := p.cmd.Process.Signal(syscall.SIGTERM); serr != nil && !errors.Is(serr, os.ErrProcessDone) {
-			err = fmt.Errorf("signal swtpm: %w", serr)
-		}
-		select {
-		case <-p.exited:
-		case <-time.After(stopTimeout):
-			if kerr := p.cmd.Process.Kill(); kerr != nil && !errors.Is(kerr, os.ErrProcessDone) {
-				err = fmt.Errorf("kill swtpm: %w", kerr)
-			}
-			<-p.exited
-		}
-	})
-	return err
-}
+func (p *TPM) Stop() error { return p.proc.Stop(stopTimeout) }
 
 // Output returns what swtpm has written to stdout and stderr so far.
 func (p *TPM) Output() string { return p.stderr.String() }

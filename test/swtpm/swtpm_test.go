@@ -66,7 +66,7 @@ func TestStartServesTPM2Commands(t *testing.T) {
 
 func TestStopAndRestartOnSameState(t *testing.T) {
 	p := Start(t)
-	pid := p.cmd.Process.Pid
+	pid := p.proc.PID()
 	if err := p.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
@@ -74,7 +74,7 @@ func TestStopAndRestartOnSameState(t *testing.T) {
 		t.Fatalf("second Stop: %v", err)
 	}
 	select {
-	case <-p.exited:
+	case <-p.proc.Exited():
 	default:
 		t.Fatalf("swtpm pid %d still running after Stop", pid)
 	}
@@ -84,7 +84,7 @@ func TestStopAndRestartOnSameState(t *testing.T) {
 	}
 
 	q := StartState(t, p.StateDir)
-	if q.cmd.Process.Pid == pid {
+	if q.proc.PID() == pid {
 		t.Fatalf("restart reused pid %d", pid)
 	}
 	if rc, _ := getRandom(t, q.Socket); rc != 0 {

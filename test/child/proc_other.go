@@ -1,6 +1,6 @@
 //go:build !linux
 
-package swtpm
+package child
 
 import "syscall"
 
