@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/guestd/guestd/agent/config"
@@ -18,7 +19,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)
+	code := dispatch(ctx, filepath.Base(os.Args[0]), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)
 	stop()
 	os.Exit(code)
 }
@@ -33,6 +34,50 @@ const usage = `usage: guestd serve [flags] | guestd check [flags]
           line, AA and CDH config files, initdata), detect the TEE, and print
           the effective configuration as JSON; exit 1 on any error
 `
+
+// dispatch runs guestd under the name it was started by: kata's launch plan
+// starts /usr/local/bin/attestation-agent, confidential-data-hub and
+// api-server-rest with upstream's flags; as guestd it takes subcommands.
+func dispatch(ctx context.Context, name string, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) int {
+	var f serveFlags
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.cmdline, "cmdline", config.DefaultCmdlinePath, "kernel command line file")
+	switch name {
+	case "attestation-agent":
+		f.roles = roles{aa: true}
+		fs.StringVar(&f.aaSock, "attestation_sock", config.DefaultAASocket, "ttRPC socket")
+		fs.StringVar(&f.aaConfig, "c", "", "config file")
+		fs.StringVar(&f.aaConfig, "config-file", "", "config file")
+		fs.StringVar(&f.initdata, "t", "", "initdata TOML")
+		fs.StringVar(&f.initdata, "initdata-toml", "", "initdata TOML")
+		fs.StringVar(&f.initDigest, "i", "", "initdata digest (base64), bound at start-up when no TOML is given")
+		fs.StringVar(&f.initDigest, "initdata-digest", "", "initdata digest (base64), bound at start-up when no TOML is given")
+	case "confidential-data-hub":
+		f.roles = roles{cdh: true}
+		fs.StringVar(&f.cdhConfig, "c", "", "config file")
+		fs.StringVar(&f.cdhConfig, "config", "", "config file")
+	case "api-server-rest":
+		f.roles = roles{rest: true}
+		fs.StringVar(&f.restFeatures, "features", "resource", "resource, attestation or all")
+		fs.StringVar(&f.rest, "bind", "127.0.0.1:8006", "address to listen on")
+		fs.StringVar(&f.restCDHAddr, "cdh_addr", config.DefaultCDHSocket, "data hub ttRPC socket")
+		fs.StringVar(&f.restAAAddr, "aa_addr", config.DefaultAASocket, "attestation agent ttRPC socket")
+	default:
+		return run(ctx, args, stdout, stderr, lookupEnv)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := serveRoles(ctx, f, stderr, lookupEnv); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) int {
 	if len(args) > 0 && args[0] == "serve" {

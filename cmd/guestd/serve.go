@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/guestd/guestd/agent"
+	"github.com/guestd/guestd/agent/api/aapb"
+	"github.com/guestd/guestd/agent/api/cdhpb"
 	"github.com/guestd/guestd/agent/config"
 	"github.com/guestd/guestd/agent/eventlog"
 	"github.com/guestd/guestd/agent/rest"
@@ -38,7 +41,14 @@ import (
 // defaultInitdata is where kata writes the initdata document.
 const defaultInitdata = "/run/confidential-containers/initdata/initdata.toml"
 
+// roles are the services one process serves: all of them for `guestd
+// serve`, one each under kata's multi-call names.
+type roles struct{ aa, cdh, rest bool }
+
 type serveFlags struct {
+	roles                                       roles
+	restAAAddr, restCDHAddr                     string // REST-only: the AA and CDH to call over ttRPC
+	initDigest                                  string // attestation-agent -i: base64 initdata digest
 	aaConfig, cdhConfig, initdata, cmdline, tee string
 	aaSock, cdhSock, rest, restFeatures         string
 	grpc                                        []string
@@ -68,8 +78,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer, lookupEnv func(
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	f.roles = roles{aa: true, cdh: true, rest: f.rest != ""}
+	return serveRoles(ctx, f, stderr, lookupEnv)
+}
+
+// serveRoles runs the daemon for f until ctx ends.
+func serveRoles(ctx context.Context, f serveFlags, stderr io.Writer, lookupEnv func(string) (string, bool)) error {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	d, err := newDaemon(ctx, f, lookupEnv, log)
+	var d *daemon
+	var err error
+	if !f.roles.aa && !f.roles.cdh {
+		d, err = newRESTClientDaemon(f, log)
+	} else {
+		d, err = newDaemon(ctx, f, lookupEnv, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -132,10 +154,14 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	if dev, ok := lookupEnv("AA_TPM_DEVICE"); ok {
 		opts.TPM.Device = dev
 	}
-	if f.tee == "" {
+	tee := f.tee
+	if tee == "" {
+		tee, _ = lookupEnv("GUESTD_TEE") // the override under kata's names, which take no --tee
+	}
+	if tee == "" {
 		d.att, err = detect.Detect(ctx, opts)
 	} else {
-		d.att, err = detect.New(ctx, f.tee, opts)
+		d.att, err = detect.New(ctx, tee, opts)
 	}
 	if err != nil {
 		return nil, err
@@ -159,6 +185,7 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	}
 	var client kbc.Client
 	switch {
+	case !f.roles.cdh: // the attestation agent alone needs no KBC
 	case cdhCfg.KBC.Name == config.KBCCC && kbsClient != nil && strings.TrimRight(cdhCfg.KBC.URL, "/") == strings.TrimRight(aaCfg.TokenConfigs.KBS.URL, "/"):
 		client = kbsClient
 	default:
@@ -196,10 +223,31 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	if err != nil {
 		return nil, err
 	}
-	if initdata != nil {
+	if initdata != nil && f.roles.aa {
 		if _, err := aa.BindLaunchInitData(ctx); err != nil {
 			return nil, fmt.Errorf("initdata %s: %w", initFile, err)
 		}
+	} else if f.initDigest != "" && f.roles.aa {
+		digest, err := base64.StdEncoding.DecodeString(f.initDigest)
+		if err != nil {
+			return nil, fmt.Errorf("initdata digest: not standard base64: %w", err)
+		}
+		if _, err := aa.BindInitData(ctx, &aapb.BindInitDataRequest{Digest: digest}); err != nil {
+			return nil, fmt.Errorf("initdata digest: %w", err)
+		}
+	}
+	aaSock := f.aaSock
+	if !f.roles.cdh { // the attestation agent alone
+		if err := d.ttrpc(aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
+			return nil, err
+		}
+		for _, addr := range f.grpc {
+			if err := d.grpc(addr, aa, nil, nil); err != nil {
+				return nil, err
+			}
+		}
+		log.Info("guestd ready", "role", "attestation-agent", "tee", d.att.Tee(), "aa", aaSock)
+		return d, nil
 	}
 	if err := fetchCredentials(ctx, client, cdhCfg.Credentials); err != nil {
 		return nil, err
@@ -213,16 +261,24 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	if err != nil {
 		return nil, err
 	}
-	cdh := service.NewCDH(service.CDHConfig{KBC: client, Puller: puller, Measurer: aa, Logger: log,
+	// Pulled images are measured by the attestation agent: this one, or
+	// the separate process on its socket under kata's launch plan.
+	var measurer service.Measurer = aa
+	if !f.roles.aa {
+		measurer = &aaClient{addr: cdhCfg.AA.AASocket}
+		d.closers = append(d.closers, measurer.(*aaClient).close)
+	}
+	cdh := service.NewCDH(service.CDHConfig{KBC: client, Puller: puller, Measurer: measurer, Logger: log,
 		Unsealer: &sealed.Unsealer{KBC: client, SkipVerification: cdhCfg.SkipSealedSecretVerification}})
 	kp := service.NewKeyProvider(service.KeyProviderConfig{KBC: client, Logger: log})
 
-	aaSock := f.aaSock
 	cdhSock := f.cdhSock
 	if cdhSock == "" {
 		cdhSock = cdhCfg.Socket
 	}
-	if err := d.ttrpc(aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
+	if !f.roles.aa {
+		aa = nil
+	} else if err := d.ttrpc(aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
 		return nil, err
 	}
 	if err := d.ttrpc(cdhSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, nil, cdh, kp) }); err != nil {
@@ -233,24 +289,106 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 			return nil, err
 		}
 	}
-	if f.rest != "" {
+	if f.roles.rest && aa != nil {
 		features := f.restFeatures
 		if features == "" {
 			features = string(cmd.GuestComponentsRestAPI)
 		}
-		h, err := rest.New(rest.Config{Features: features, Version: "guestd"}, service.RESTAttestation(aa), service.RESTResources(cdh), log)
-		if err != nil {
+		if err := d.restAPI(f.rest, features, service.RESTAttestation(aa), service.RESTResources(cdh)); err != nil {
 			return nil, err
 		}
-		ln, err := net.Listen("tcp", f.rest)
-		if err != nil {
-			return nil, fmt.Errorf("REST API: %w", err)
-		}
-		log.Info("REST API listening", "addr", ln.Addr().String(), "features", features)
-		d.listeners = append(d.listeners, func(ctx context.Context) error { return rest.Serve(ctx, ln, h) })
 	}
 	log.Info("guestd ready", "tee", d.att.Tee(), "aa", aaSock, "cdh", cdhSock)
 	return d, nil
+}
+
+// newRESTClientDaemon is api-server-rest on its own: the REST API in front
+// of the attestation agent and the data hub, reached over their ttRPC
+// sockets.
+func newRESTClientDaemon(f serveFlags, log *slog.Logger) (*daemon, error) {
+	d := &daemon{log: log}
+	aaConn, err := dialTTRPC(f.restAAAddr)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, func() { aaConn.Close() })
+	cdhConn, err := dialTTRPC(f.restCDHAddr)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.closers = append(d.closers, func() { cdhConn.Close() })
+	if err := d.restAPI(f.rest, f.restFeatures,
+		service.RESTAttestationClient(aapb.NewTTRPCAttestationAgentServiceClient(aaConn)),
+		service.RESTResourcesClient(cdhpb.NewTTRPCGetResourceServiceClient(cdhConn))); err != nil {
+		d.close()
+		return nil, err
+	}
+	log.Info("guestd ready", "role", "api-server-rest", "aa", f.restAAAddr, "cdh", f.restCDHAddr)
+	return d, nil
+}
+
+func (d *daemon) restAPI(addr, features string, aa rest.Attestation, res rest.Resources) error {
+	h, err := rest.New(rest.Config{Features: features, Version: "guestd"}, aa, res, d.log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("REST API: %w", err)
+	}
+	d.log.Info("REST API listening", "addr", ln.Addr().String(), "features", features)
+	d.listeners = append(d.listeners, func(ctx context.Context) error { return rest.Serve(ctx, ln, h) })
+	return nil
+}
+
+// dialTTRPC connects to a ttRPC server on a unix:// address. The ttRPC
+// client reconnects on nothing, so the server must be up (kata starts the
+// agent and the data hub first and waits for their sockets).
+func dialTTRPC(addr string) (*ttrpc.Client, error) {
+	a, err := agent.ParseAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	if a.Network != "unix" {
+		return nil, fmt.Errorf("%s: ttRPC needs a unix:// socket", addr)
+	}
+	c, err := net.Dial("unix", a.Path)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	return ttrpc.NewClient(c), nil
+}
+
+// aaClient is the attestation agent across its socket, dialled on first
+// use, for a data hub running as its own process.
+type aaClient struct {
+	addr string
+	mu   sync.Mutex
+	conn *ttrpc.Client
+}
+
+func (c *aaClient) ExtendRuntimeMeasurement(ctx context.Context, req *aapb.ExtendRuntimeMeasurementRequest) (*aapb.ExtendRuntimeMeasurementResponse, error) {
+	c.mu.Lock()
+	if c.conn == nil {
+		conn, err := dialTTRPC(c.addr)
+		if err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+		c.conn = conn
+	}
+	client := aapb.NewTTRPCAttestationAgentServiceClient(c.conn)
+	c.mu.Unlock()
+	return client.ExtendRuntimeMeasurement(ctx, req)
+}
+
+func (c *aaClient) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.Close()
+	}
 }
 
 func (d *daemon) ttrpc(addr string, register func(*ttrpc.Server)) error {
