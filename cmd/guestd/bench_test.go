@@ -22,12 +22,6 @@ func BenchmarkStartup(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
-	bin := filepath.Join(dir, "guestd")
-	build := exec.Command("go", "build", "-trimpath", "-tags", "containers_image_openpgp", "-ldflags", "-s -w", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
 	cmdline := filepath.Join(dir, "cmdline")
 	os.WriteFile(cmdline, nil, 0o644)
 	cdhConf := filepath.Join(dir, "cdh.toml")
@@ -38,7 +32,7 @@ func BenchmarkStartup(b *testing.B) {
 	for b.Loop() {
 		os.Remove(aaSock)
 		os.Remove(cdhSock)
-		cmd := exec.Command(bin, "serve", "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
+		cmd := exec.Command(guestdBin, "serve", "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
 			"--attestation_sock", "unix://"+aaSock, "--rest", "127.0.0.1:0")
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

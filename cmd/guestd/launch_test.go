@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
 	"github.com/guestd/guestd/agent/api/aapb"
 	"github.com/guestd/guestd/agent/api/cdhpb"
 	testkbs "github.com/guestd/guestd/test/kbs"
@@ -122,14 +120,8 @@ func TestKataLaunchPlan(t *testing.T) {
 	k := kbstest.Start(t, testkbs.Config{RepoDir: repo, Policy: testkbs.AllowAll(),
 		Verifiers: map[string]testkbs.Verifier{"sample": samplev.New()}})
 
-	bin := filepath.Join(dir, "guestd")
-	build := exec.Command("go", "build", "-tags", "containers_image_openpgp", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
 	for _, name := range []string{"attestation-agent", "confidential-data-hub", "api-server-rest"} {
-		if err := os.Symlink(bin, filepath.Join(dir, name)); err != nil {
+		if err := os.Symlink(guestdBin, filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -152,25 +144,16 @@ func TestKataLaunchPlan(t *testing.T) {
 	restAddr := asr.waitFor(t, regexp.MustCompile(`"REST API listening" addr=(\S+)`))
 
 	ctx := context.Background()
-	dial := func(path string) *ttrpc.Client {
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl := ttrpc.NewClient(c)
-		t.Cleanup(func() { cl.Close() })
-		return cl
-	}
-	ev, err := aapb.NewTTRPCAttestationAgentServiceClient(dial(aaSock)).GetEvidence(ctx, &aapb.GetEvidenceRequest{RuntimeData: []byte("x")})
+	ev, err := aapb.NewTTRPCAttestationAgentServiceClient(ttrpcClient(t, aaSock)).GetEvidence(ctx, &aapb.GetEvidenceRequest{RuntimeData: []byte("x")})
 	if err != nil || !strings.Contains(string(ev.Evidence), `"report_data":"eA=="`) {
 		t.Fatalf("GetEvidence on the AA socket = %s, %v", ev.GetEvidence(), err)
 	}
-	res, err := cdhpb.NewTTRPCGetResourceServiceClient(dial(cdhSock)).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"})
+	res, err := cdhpb.NewTTRPCGetResourceServiceClient(ttrpcClient(t, cdhSock)).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"})
 	if err != nil || string(res.Resource) != "resource-one" {
 		t.Fatalf("GetResource on cdh.sock = %q, %v", res.GetResource(), err)
 	}
 	// The AA socket serves only the AA; cdh.sock only the data hub.
-	if _, err := cdhpb.NewTTRPCGetResourceServiceClient(dial(aaSock)).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"}); err == nil {
+	if _, err := cdhpb.NewTTRPCGetResourceServiceClient(ttrpcClient(t, aaSock)).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"}); err == nil {
 		t.Fatal("the AA socket served GetResource")
 	}
 	get := func(path string) (int, string) {

@@ -1,22 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
-	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -52,63 +46,14 @@ func TestServe(t *testing.T) {
 	os.WriteFile(cmdline, []byte("console=ttyS0\n"), 0o644)
 	aaSock := filepath.Join(dir, "aa.sock")
 
-	bin := filepath.Join(dir, "guestd")
-	build := exec.Command("go", "build", "-tags", "containers_image_openpgp", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "serve", "-c", aaConf, "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
+	d := startProc(t, guestdBin, nil, "serve", "-c", aaConf, "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
 		"--attestation_sock", "unix://"+aaSock, "--rest", "127.0.0.1:0", "--rest-features", "all", "--grpc", "tcp://127.0.0.1:0")
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	logs := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			select {
-			case logs <- sc.Text():
-			default:
-			}
-		}
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() { cmd.Process.Kill() })
-	restAddr, grpcAddr := "", ""
-	addrRE := regexp.MustCompile(`"(REST API|gRPC) listening" addr=(\S+)`)
-	deadline := time.After(30 * time.Second)
-	for ready := false; !ready; {
-		select {
-		case line := <-logs:
-			if m := addrRE.FindStringSubmatch(line); m != nil {
-				if m[1] == "gRPC" {
-					grpcAddr = m[2]
-				} else {
-					restAddr = m[2]
-				}
-			}
-			ready = strings.Contains(line, "guestd ready")
-		case err := <-exited:
-			t.Fatalf("guestd exited: %v", err)
-		case <-deadline:
-			t.Fatal("guestd did not get ready")
-		}
-	}
+	grpcAddr := d.waitFor(t, regexp.MustCompile(`"gRPC listening" addr=(\S+)`))
+	restAddr := d.waitFor(t, regexp.MustCompile(`"REST API listening" addr=(\S+)`))
+	d.waitFor(t, regexp.MustCompile(`guestd ready`))
 
 	ctx := context.Background()
-	dial := func(path string) *ttrpc.Client {
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl := ttrpc.NewClient(c)
-		t.Cleanup(func() { cl.Close() })
-		return cl
-	}
-	aa := aapb.NewTTRPCAttestationAgentServiceClient(dial(aaSock))
+	aa := aapb.NewTTRPCAttestationAgentServiceClient(ttrpcClient(t, aaSock))
 	ev, err := aa.GetEvidence(ctx, &aapb.GetEvidenceRequest{RuntimeData: []byte("hello")})
 	if err != nil || !strings.Contains(string(ev.Evidence), `"report_data":"aGVsbG8="`) {
 		t.Fatalf("GetEvidence = %s, %v", ev.GetEvidence(), err)
@@ -121,7 +66,7 @@ func TestServe(t *testing.T) {
 	if err != nil || strings.Contains(string(tok.Token), "PRIVATE KEY") || !strings.Contains(string(tok.Token), `"token"`) {
 		t.Fatalf("GetToken = %s, %v", tok.GetToken(), err)
 	}
-	cdh := cdhpb.NewTTRPCGetResourceServiceClient(dial(cdhSock))
+	cdh := cdhpb.NewTTRPCGetResourceServiceClient(ttrpcClient(t, cdhSock))
 	res, err := cdh.GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"})
 	if err != nil || string(res.Resource) != "resource-one" {
 		t.Fatalf("GetResource = %q, %v", res.GetResource(), err)
@@ -158,15 +103,5 @@ func TestServe(t *testing.T) {
 		t.Fatalf("KBS saw %d attestations, want 1", s.Attest)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("guestd exit after SIGTERM: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("guestd did not stop on SIGTERM")
-	}
+	d.stop(t)
 }

@@ -30,13 +30,13 @@ import (
 	"github.com/guestd/guestd/kbc/keyprovider"
 )
 
-// skopeo runs the real skopeo (skipping the test without it), with env
-// added to the environment.
+// skopeo runs the real skopeo (make deps installs it), with env added to
+// the environment.
 func skopeo(t *testing.T, env []string, args ...string) {
 	t.Helper()
 	path, err := exec.LookPath("skopeo")
 	if err != nil {
-		t.Skip("skopeo not installed (apt-get install -y skopeo)")
+		t.Fatal("skopeo not installed: run make deps (apt-get install -y skopeo)")
 	}
 	cmd := exec.Command(path, append([]string{"--insecure-policy", "--registries-conf", "/dev/null"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
@@ -57,7 +57,7 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 // the recipient's private key, and with nothing else.
 func TestSkopeoJWE(t *testing.T) {
 	if _, err := exec.LookPath("skopeo"); err != nil {
-		t.Skip("skopeo not installed (apt-get install -y skopeo)")
+		t.Fatal("skopeo not installed: run make deps (apt-get install -y skopeo)")
 	}
 	dir := t.TempDir()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
