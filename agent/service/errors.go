@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/guestd/guestd/agent/eventlog"
+	"github.com/guestd/guestd/agent/securemount"
 	"github.com/guestd/guestd/imagepull/decrypt"
 	"github.com/guestd/guestd/kbc/kbs"
 	"github.com/guestd/guestd/kbc/keyprovider"
@@ -105,6 +106,11 @@ func Classify(err error) codes.Code {
 	if _, ok := errors.AsType[signature.PolicyRequirementError](err); ok {
 		return codes.PermissionDenied
 	}
+	// A signature that does not verify is the policy refusing the image,
+	// like a missing one.
+	if _, ok := errors.AsType[signature.InvalidSignatureError](err); ok {
+		return codes.PermissionDenied
+	}
 	if _, ok := errors.AsType[docker.ErrUnauthorizedForCredentials](err); ok {
 		return codes.PermissionDenied
 	}
@@ -132,8 +138,14 @@ func Classify(err error) codes.Code {
 		return codes.NotFound
 	case errors.Is(err, keyprovider.ErrNoKBC), errors.Is(err, decrypt.ErrNoKey):
 		return codes.FailedPrecondition
-	case errors.Is(err, snapshot.ErrExists):
+	case errors.Is(err, snapshot.ErrExists), errors.Is(err, securemount.ErrExists):
 		return codes.AlreadyExists
+	case errors.Is(err, securemount.ErrInvalid), errors.Is(err, securemount.ErrUnsupported):
+		return codes.InvalidArgument
+	case errors.Is(err, securemount.ErrNoDevice):
+		return codes.NotFound
+	case errors.Is(err, securemount.ErrNotLUKS2), errors.Is(err, securemount.ErrNoKeySource):
+		return codes.FailedPrecondition
 	case errors.Is(err, docker.ErrTooManyRequests), unreachable(err):
 		return codes.Unavailable
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/guestd/guestd/agent/eventlog"
+	"github.com/guestd/guestd/agent/securemount"
 	"github.com/guestd/guestd/agent/service"
 	"github.com/guestd/guestd/imagepull/decrypt"
 	"github.com/guestd/guestd/kbc/kbs"
@@ -58,6 +59,11 @@ func TestClassify(t *testing.T) {
 		{"kbs no nonce", &kbs.Error{Step: "auth", Err: errors.New("challenge has no nonce")}, codes.Internal},
 		{"resource URI", wrap(uriErr), codes.InvalidArgument},
 		{"policy requirement", wrap(signature.PolicyRequirementError("rejected")), codes.PermissionDenied},
+		{"invalid signature", wrap(signature.InvalidSignatureError{}), codes.PermissionDenied},
+		{"secure mount in use", wrap(fmt.Errorf("map: %w", securemount.ErrExists)), codes.AlreadyExists},
+		{"secure mount bad option", wrap(fmt.Errorf("opt: %w", securemount.ErrInvalid)), codes.InvalidArgument},
+		{"secure mount no device", wrap(fmt.Errorf("dev: %w", securemount.ErrNoDevice)), codes.NotFound},
+		{"secure mount not LUKS2", wrap(fmt.Errorf("open: %w", securemount.ErrNotLUKS2)), codes.FailedPrecondition},
 		{"registry credentials", wrap(docker.ErrUnauthorizedForCredentials{Err: errors.New("401")}), codes.PermissionDenied},
 		{"manifest unknown", wrap(errcode.Error{Code: v2.ErrorCodeManifestUnknown}), codes.NotFound},
 		{"registry denied", wrap(errcode.ErrorCodeDenied), codes.PermissionDenied},

@@ -33,6 +33,11 @@ ii*) ;;
 esac
 { command -v gpg && command -v gpg-agent && command -v gpgconf; } >/dev/null 2>&1 || need+=(gnupg)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+# agent/securemount formats LUKS2 headers on loop devices (no device-mapper
+# on this host: mapping, mkfs and mount run in the QEMU guest of make e2e).
+command -v cryptsetup >/dev/null 2>&1 || need+=(cryptsetup-bin)
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
