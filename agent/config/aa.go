@@ -103,6 +103,18 @@ func ParseAA(name string, data []byte) (*AA, error) {
 	}
 	r := &reader{src: name}
 	root := newTable(r, "", tree)
+	a := readAA(root)
+	if r.err != nil {
+		return nil, fmt.Errorf("parse AA config: %w", r.err)
+	}
+	a.Unknown = root.unknown()
+	return a, nil
+}
+
+// readAA reads the AA schema from root, the whole file or a table of
+// guestd's own file; errors go to root's reader.
+func readAA(root *table) *AA {
+	r := root.r
 	a := DefaultAA()
 
 	if tc, ok := root.sub("token_configs"); ok {
@@ -156,12 +168,7 @@ func ParseAA(name string, data []byte) (*AA, error) {
 		}
 	}
 	readLog(root, &a.Log)
-
-	if r.err != nil {
-		return nil, fmt.Errorf("parse AA config: %w", r.err)
-	}
-	a.Unknown = root.unknown()
-	return a, nil
+	return a
 }
 
 func readLog(root *table, l *Log) {
@@ -203,6 +210,11 @@ func ResolveAA(path string, cmd *Cmdline, env LookupEnv) (*AA, error) {
 		}
 		a = AAFromKbcParams(cmd.KbcParams)
 	}
+	return finishAA(a, env)
+}
+
+// finishAA applies the environment to a loaded or derived configuration.
+func finishAA(a *AA, env LookupEnv) (*AA, error) {
 	if v, ok := env.get(EnvRustLog); ok {
 		if err := checkLogLevel(v); err != nil {
 			return nil, fmt.Errorf("resolve AA config: %w", &KeyError{Source: SourceEnv, Key: EnvRustLog, Reason: err.Error()})

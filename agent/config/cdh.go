@@ -199,6 +199,18 @@ func ParseCDH(name string, data []byte) (*CDH, error) {
 	}
 	r := &reader{src: name}
 	root := newTable(r, "", tree)
+	c := readCDH(root)
+	if r.err != nil {
+		return nil, fmt.Errorf("parse CDH config: %w", r.err)
+	}
+	c.Unknown = root.unknown()
+	return c, nil
+}
+
+// readCDH reads the CDH schema from root, the whole file or a table of
+// guestd's own file; errors go to root's reader.
+func readCDH(root *table) *CDH {
+	r := root.r
 	c := CDHFromKbcParams(KbcParams{})
 
 	if s, ok := root.str("socket"); ok {
@@ -261,12 +273,7 @@ func ParseCDH(name string, data []byte) (*CDH, error) {
 		readImage(it, &c.Image)
 	}
 	readLog(root, &c.Log)
-
-	if r.err != nil {
-		return nil, fmt.Errorf("parse CDH config: %w", r.err)
-	}
-	c.Unknown = root.unknown()
-	return c, nil
+	return c
 }
 
 func checkSocket(t *table, key, s string) {
@@ -426,6 +433,12 @@ func ResolveCDH(file string, cmd *Cmdline, env LookupEnv) (*CDH, error) {
 	} else {
 		c = CDHFromKbcParams(cmd.KbcParams)
 	}
+	return finishCDH(c, cmd, env)
+}
+
+// finishCDH applies steps 2 to 4 of ResolveCDH to a loaded or derived
+// configuration; cmd is not nil.
+func finishCDH(c *CDH, cmd *Cmdline, env LookupEnv) (*CDH, error) {
 	fail := func(err error) (*CDH, error) { return nil, fmt.Errorf("resolve CDH config: %w", err) }
 	envErr := func(key string, err error) (*CDH, error) {
 		return fail(&KeyError{Source: SourceEnv, Key: key, Reason: err.Error()})

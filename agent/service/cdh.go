@@ -10,12 +10,12 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/docker/reference"
 	"google.golang.org/grpc/codes"
 
 	"github.com/guestd/guestd/agent/api/aapb"
 	"github.com/guestd/guestd/agent/api/cdhpb"
-	"github.com/guestd/guestd/imagepull"
 	"github.com/guestd/guestd/kbc"
 	"github.com/guestd/guestd/kbc/resource"
 	"github.com/guestd/guestd/kbc/sealed"
@@ -34,6 +34,13 @@ type SecureMounter interface {
 	SecureMount(ctx context.Context, volumeType string, options map[string]string, flags []string, mountPoint string) error
 }
 
+// Puller pulls images into bundles and removes them again;
+// *imagepull.Puller is one.
+type Puller interface {
+	Pull(ctx context.Context, imageRef, bundle string) (digest.Digest, error)
+	Remove(ctx context.Context, bundle string) error
+}
+
 // Measurer records runtime measurements. *AA is one, and so is an
 // attestation agent ttRPC client (aapb.TTRPCAttestationAgentServiceService).
 type Measurer interface {
@@ -49,7 +56,7 @@ type CDHConfig struct {
 	// Unsealer serves UnsealSecret. nil: FailedPrecondition.
 	Unsealer *sealed.Unsealer
 	// Puller serves PullImage. nil: FailedPrecondition.
-	Puller *imagepull.Puller
+	Puller Puller
 	// SecureMounter serves SecureMount. nil: Unimplemented.
 	SecureMounter SecureMounter
 	// Measurer, if set, records every pulled image as upstream's data hub

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,8 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
 	"github.com/guestd/guestd/agent/api/aapb"
 	"github.com/guestd/guestd/agent/api/cdhpb"
+	"github.com/guestd/guestd/agent/api/keyproviderpb"
 	testkbs "github.com/guestd/guestd/test/kbs"
 	"github.com/guestd/guestd/test/kbs/kbstest"
 	samplev "github.com/guestd/guestd/test/kbs/verifier/sample"
@@ -107,7 +114,9 @@ func waitSocket(t *testing.T, path string) {
 // TestKataLaunchPlan starts the binary under kata's three names with
 // upstream's flags, in kata's order (attestation-agent, wait for its
 // socket, confidential-data-hub, wait for cdh.sock, api-server-rest), and
-// uses each the way kata and workloads do.
+// uses each the way kata and workloads do. GUESTD_GRPC makes the agent and
+// the data hub also serve their services over gRPC (the guest tests use
+// vsock; here unix and tcp).
 func TestKataLaunchPlan(t *testing.T) {
 	dir, err := os.MkdirTemp("", "kata")
 	if err != nil {
@@ -134,10 +143,13 @@ func TestKataLaunchPlan(t *testing.T) {
 	os.WriteFile(cmdline, []byte("console=ttyS0\n"), 0o644)
 	env := []string{"GUESTD_TEE=sample", "OCICRYPT_KEYPROVIDER_CONFIG=/etc/ocicrypt_config.json"}
 
-	aa := startProc(t, filepath.Join(dir, "attestation-agent"), env,
+	aaGRPCSock, cdhGRPCSock := filepath.Join(dir, "aa-grpc.sock"), filepath.Join(dir, "cdh-grpc.sock")
+	aa := startProc(t, filepath.Join(dir, "attestation-agent"), append(env, envGRPC+"=unix://"+aaGRPCSock+", tcp://127.0.0.1:0"),
 		"--attestation_sock", "unix://"+aaSock, "-c", aaConf, "--cmdline", cmdline)
+	aaGRPCAddr := aa.waitFor(t, regexp.MustCompile(`"gRPC listening" addr=(127\.0\.0\.1:\d+)`))
 	waitSocket(t, aaSock)
-	cdh := startProc(t, filepath.Join(dir, "confidential-data-hub"), env, "-c", cdhConf, "--cmdline", cmdline)
+	cdh := startProc(t, filepath.Join(dir, "confidential-data-hub"), append(env, envGRPC+"=unix://"+cdhGRPCSock),
+		"-c", cdhConf, "--cmdline", cmdline)
 	waitSocket(t, cdhSock)
 	asr := startProc(t, filepath.Join(dir, "api-server-rest"), env,
 		"--features", "all", "--bind", "127.0.0.1:0", "--aa_addr", "unix://"+aaSock, "--cdh_addr", "unix://"+cdhSock)
@@ -156,6 +168,41 @@ func TestKataLaunchPlan(t *testing.T) {
 	if _, err := cdhpb.NewTTRPCGetResourceServiceClient(ttrpcClient(t, aaSock)).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"}); err == nil {
 		t.Fatal("the AA socket served GetResource")
 	}
+	// GUESTD_GRPC: the agent serves the AA alone, the data hub the CDH and
+	// the keyprovider.
+	dialGRPC := func(target string) *grpc.ClientConn {
+		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	waitSocket(t, aaGRPCSock)
+	waitSocket(t, cdhGRPCSock)
+	for _, target := range []string{aaGRPCAddr, "unix://" + aaGRPCSock} {
+		conn := dialGRPC(target)
+		tee, err := aapb.NewAttestationAgentServiceClient(conn).GetTeeType(ctx, &aapb.GetTeeTypeRequest{})
+		if err != nil || tee.Tee != "sample" {
+			t.Fatalf("gRPC GetTeeType at %s = %v, %v", target, tee, err)
+		}
+		if _, err := cdhpb.NewGetResourceServiceClient(conn).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"}); status.Code(err) != codes.Unimplemented {
+			t.Fatalf("gRPC GetResource at the agent's %s: %v, want Unimplemented", target, err)
+		}
+	}
+	cdhConn := dialGRPC("unix://" + cdhGRPCSock)
+	gres, err := cdhpb.NewGetResourceServiceClient(cdhConn).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/key/1"})
+	if err != nil || string(gres.Resource) != "resource-one" {
+		t.Fatalf("gRPC GetResource at the data hub = %q, %v", gres.GetResource(), err)
+	}
+	_, err = keyproviderpb.NewKeyProviderServiceClient(cdhConn).UnWrapKey(ctx, &keyproviderpb.KeyProviderKeyWrapProtocolInput{KeyProviderKeyWrapProtocolInput: []byte("{}")})
+	if code := status.Code(err); code == codes.Unimplemented || code == codes.OK {
+		t.Fatalf("gRPC UnWrapKey of nothing at the data hub: %v, want a refusal by the keyprovider", err)
+	}
+	if _, err := aapb.NewAttestationAgentServiceClient(cdhConn).GetTeeType(ctx, &aapb.GetTeeTypeRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("gRPC GetTeeType at the data hub: %v, want Unimplemented", err)
+	}
+
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + restAddr + path)
 		if err != nil {
@@ -180,4 +227,9 @@ func TestKataLaunchPlan(t *testing.T) {
 	asr.stop(t)
 	cdh.stop(t)
 	aa.stop(t)
+	for _, sock := range []string{aaSock, cdhSock, aaGRPCSock, cdhGRPCSock} {
+		if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind after SIGTERM (%v)", sock, err)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -24,6 +25,7 @@ import (
 	"github.com/guestd/guestd/agent/config"
 	"github.com/guestd/guestd/agent/eventlog"
 	"github.com/guestd/guestd/agent/rest"
+	"github.com/guestd/guestd/agent/securemount"
 	"github.com/guestd/guestd/agent/service"
 	"github.com/guestd/guestd/attester"
 	"github.com/guestd/guestd/attester/detect"
@@ -39,7 +41,7 @@ import (
 )
 
 // defaultInitdata is where kata writes the initdata document.
-const defaultInitdata = "/run/confidential-containers/initdata/initdata.toml"
+const defaultInitdata = config.InitdataTOMLPath
 
 // roles are the services one process serves: all of them for `guestd
 // serve`, one each under kata's multi-call names.
@@ -52,7 +54,79 @@ type serveFlags struct {
 	aaConfig, cdhConfig, initdata, cmdline, tee string
 	aaSock, cdhSock, rest, restFeatures         string
 	grpc                                        []string
+	grpcFrom                                    string // where grpc came from, for errors: "" (flags, file) or envGRPC
 	exposeTEEKey                                bool
+	// config is --config; guestd is the file it names (or the default
+	// file, or config.DefaultGuestd), nil under kata's names, which follow
+	// upstream's rules only.
+	config string
+	guestd *config.Guestd
+}
+
+// daemonFlags defines the flags guestd serve and guestd check share. Their
+// defaults are config.DefaultGuestd's; guestd's config file replaces the
+// defaults of the flags not given (withFile).
+func daemonFlags(fs *flag.FlagSet, f *serveFlags) {
+	d := config.DefaultGuestd()
+	fs.StringVar(&f.config, "config", "", "guestd config file (default: "+config.DefaultGuestdConfig+" if it exists); flags win over it")
+	fs.StringVar(&f.aaConfig, "c", "", "attestation agent config file (replaces [attestation_agent] and initdata's aa.toml)")
+	fs.StringVar(&f.cdhConfig, "cdh-config", "", "confidential data hub config file (replaces [confidential_data_hub] and initdata's cdh.toml)")
+	fs.StringVar(&f.initdata, "initdata-toml", d.Initdata, "initdata TOML (default: "+defaultInitdata+" if it exists)")
+	fs.StringVar(&f.cmdline, "cmdline", d.Cmdline, "kernel command line file")
+	fs.StringVar(&f.tee, "tee", d.Tee, "TEE override: "+strings.Join(detect.Names(), ", "))
+	fs.StringVar(&f.aaSock, "attestation_sock", d.AttestationSock, "attestation agent ttRPC socket")
+	fs.StringVar(&f.cdhSock, "cdh-sock", d.CDHSock, "data hub ttRPC socket (default: the CDH config's socket)")
+	fs.StringVar(&f.rest, "rest", d.REST, "REST API address (empty: off)")
+	fs.StringVar(&f.restFeatures, "rest-features", string(d.RESTFeatures), "REST features: resource, attestation, all (default: agent.guest_components_rest_api)")
+	fs.Func("grpc", "also serve every service over gRPC at unix:///PATH, tcp://HOST:PORT or vsock://CID:PORT (repeatable; replaces the config file's list)",
+		func(s string) error { f.grpc = append(f.grpc, s); return nil })
+	fs.BoolVar(&f.exposeTEEKey, "expose-tee-key", d.ExposeTEEKey, "legacy: return the TEE private key with GetToken (see docs; off by default)")
+}
+
+// withFile loads guestd's config file, --config or else the default one
+// when it exists, and takes from it every setting whose flag was not
+// given. Without a file the flags' defaults stand.
+func (f *serveFlags) withFile(fs *flag.FlagSet) error {
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	file := f.config
+	if file == "" {
+		if _, err := os.Stat(config.DefaultGuestdConfig); !errors.Is(err, os.ErrNotExist) {
+			file = config.DefaultGuestdConfig
+		}
+	}
+	f.guestd = config.DefaultGuestd()
+	if file == "" {
+		return nil
+	}
+	g, err := config.LoadGuestd(file)
+	if err != nil {
+		return err
+	}
+	f.guestd = g
+	for name, v := range map[string]struct {
+		dst *string
+		val string
+	}{
+		"initdata-toml":    {&f.initdata, g.Initdata},
+		"cmdline":          {&f.cmdline, g.Cmdline},
+		"tee":              {&f.tee, g.Tee},
+		"attestation_sock": {&f.aaSock, g.AttestationSock},
+		"cdh-sock":         {&f.cdhSock, g.CDHSock},
+		"rest":             {&f.rest, g.REST},
+		"rest-features":    {&f.restFeatures, string(g.RESTFeatures)},
+	} {
+		if !set[name] {
+			*v.dst = v.val
+		}
+	}
+	if !set["grpc"] {
+		f.grpc = g.GRPC
+	}
+	if !set["expose-tee-key"] {
+		f.exposeTEEKey = g.ExposeTEEKey
+	}
+	return nil
 }
 
 // serve runs the all-in-one daemon: the AA and the CDH (with the
@@ -63,19 +137,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer, lookupEnv func(
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f serveFlags
-	fs.StringVar(&f.aaConfig, "c", "", "attestation agent config file")
-	fs.StringVar(&f.cdhConfig, "cdh-config", "", "confidential data hub config file")
-	fs.StringVar(&f.initdata, "initdata-toml", "", "initdata TOML (default: "+defaultInitdata+" if it exists)")
-	fs.StringVar(&f.cmdline, "cmdline", config.DefaultCmdlinePath, "kernel command line file")
-	fs.StringVar(&f.tee, "tee", "", "TEE override: "+strings.Join(detect.Names(), ", "))
-	fs.StringVar(&f.aaSock, "attestation_sock", config.DefaultAASocket, "attestation agent ttRPC socket")
-	fs.StringVar(&f.cdhSock, "cdh-sock", "", "data hub ttRPC socket (default: the CDH config's socket)")
-	fs.StringVar(&f.rest, "rest", "127.0.0.1:8006", "REST API address (empty: off)")
-	fs.StringVar(&f.restFeatures, "rest-features", "", "REST features: resource, attestation, all (default: agent.guest_components_rest_api)")
-	fs.Func("grpc", "also serve every service over gRPC at unix:///PATH, tcp://HOST:PORT or vsock://CID:PORT (repeatable)",
-		func(s string) error { f.grpc = append(f.grpc, s); return nil })
-	fs.BoolVar(&f.exposeTEEKey, "expose-tee-key", false, "legacy: return the TEE private key with GetToken (see docs; off by default)")
+	daemonFlags(fs, &f)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := f.withFile(fs); err != nil {
 		return err
 	}
 	f.roles = roles{aa: true, cdh: true, rest: f.rest != ""}
@@ -95,7 +161,19 @@ func serveRoles(ctx context.Context, f serveFlags, stderr io.Writer, lookupEnv f
 	if err != nil {
 		return err
 	}
-	defer d.close()
+	defer func() {
+		d.close()
+		log.Info("guestd stopped")
+	}()
+	if err := notify(lookupEnv, "READY=1"); err != nil {
+		log.Warn("could not tell the service manager guestd is ready", "err", err)
+	}
+	defer context.AfterFunc(ctx, func() {
+		log.Info("guestd stopping")
+		if err := notify(lookupEnv, "STOPPING=1"); err != nil {
+			log.Warn("could not tell the service manager guestd is stopping", "err", err)
+		}
+	})()
 	return d.run(ctx)
 }
 
@@ -112,43 +190,120 @@ func (d *daemon) close() {
 	}
 }
 
-func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string, bool), log *slog.Logger) (d *daemon, err error) {
-	d = &daemon{log: log}
-	defer func() {
-		if err != nil {
-			d.close()
+// loaded is the configuration a daemon runs with.
+type loaded struct {
+	cmd      *config.Cmdline
+	initdata *config.Initdata // nil without one
+	initFile string
+	aa       *config.AA
+	aaFrom   string
+	cdh      *config.CDH
+	cdhFrom  string
+}
+
+// cdhSock is the data hub's ttRPC socket: the flag or file, else the CDH
+// configuration's.
+func (l *loaded) cdhSock(f serveFlags) string {
+	if f.cdhSock != "" {
+		return f.cdhSock
+	}
+	return l.cdh.Socket
+}
+
+// restFeatures is the REST feature set: the flag or file, else
+// agent.guest_components_rest_api.
+func (l *loaded) restFeatures(f serveFlags) string {
+	if f.restFeatures != "" {
+		return f.restFeatures
+	}
+	return string(l.cmd.GuestComponentsRestAPI)
+}
+
+// loadConfig reads the configuration of f as serve runs it and check
+// prints it: the kernel command line, initdata, and the AA and CDH
+// configuration (-c / --cdh-config, else as config.Guestd resolves them;
+// under kata's names, upstream's rules). It logs unknown keys.
+func loadConfig(f serveFlags, lookupEnv func(string) (string, bool), log *slog.Logger) (*loaded, error) {
+	if err := checkAddresses(f); err != nil {
+		return nil, err
+	}
+	if f.guestd != nil {
+		for _, k := range f.guestd.Unknown {
+			log.Warn("unknown key in the guestd config", "file", f.guestd.Path, "key", k)
 		}
-	}()
+	}
 	cmd, err := config.LoadCmdline(f.cmdline, lookupEnv)
 	if err != nil {
 		return nil, err
 	}
-	var initdata *config.Initdata
-	initFile := f.initdata
-	if initFile == "" {
+	l := &loaded{cmd: cmd, initFile: f.initdata}
+	if l.initFile == "" {
 		if _, err := os.Stat(defaultInitdata); err == nil {
-			initFile = defaultInitdata
+			l.initFile = defaultInitdata
 		}
 	}
-	if initFile != "" {
-		if initdata, err = config.LoadInitdata(initFile); err != nil {
+	if l.initFile != "" {
+		if l.initdata, err = config.LoadInitdata(l.initFile); err != nil {
 			return nil, err
 		}
+		for _, k := range l.initdata.Unknown {
+			log.Warn("unknown initdata key", "file", l.initFile, "key", k)
+		}
 	}
-	aaCfg, err := config.ResolveAA(f.aaConfig, cmd, lookupEnv)
+	// Kata's names take their configuration as upstream's binaries do:
+	// from -c alone, else from aa_kbc_params; initdata's aa.toml and
+	// cdh.toml reach them as -c, from kata.
+	g, initdata := f.guestd, l.initdata
+	if g == nil {
+		g, initdata = config.DefaultGuestd(), nil
+	}
+	if f.aaConfig != "" {
+		l.aaFrom = f.aaConfig
+		l.aa, err = config.ResolveAA(f.aaConfig, cmd, lookupEnv)
+	} else {
+		l.aa, l.aaFrom, err = g.ResolveAA(initdata, cmd, lookupEnv)
+	}
 	if err != nil {
 		return nil, err
 	}
-	cdhCfg, err := config.ResolveCDH(f.cdhConfig, cmd, lookupEnv)
+	if f.cdhConfig != "" {
+		l.cdhFrom = f.cdhConfig
+		l.cdh, err = config.ResolveCDH(f.cdhConfig, cmd, lookupEnv)
+	} else {
+		l.cdh, l.cdhFrom, err = g.ResolveCDH(initdata, cmd, lookupEnv)
+	}
 	if err != nil {
 		return nil, err
 	}
-	for _, k := range aaCfg.Unknown {
-		log.Warn("unknown key in the AA config", "file", f.aaConfig, "key", k)
+	for _, k := range l.aa.Unknown {
+		log.Warn("unknown key in the AA config", "from", l.aaFrom, "key", k)
 	}
-	for _, k := range cdhCfg.Unknown {
-		log.Warn("unknown key in the CDH config", "file", f.cdhConfig, "key", k)
+	for _, k := range l.cdh.Unknown {
+		log.Warn("unknown key in the CDH config", "from", l.cdhFrom, "key", k)
 	}
+	return l, nil
+}
+
+// Bounds of the shutdown: image pulls cancelled by SIGTERM clean up
+// (unmount, delete half-applied layers) within drainTimeout; a secure
+// mounter gets closeTimeout to close.
+const (
+	drainTimeout = 30 * time.Second
+	closeTimeout = 30 * time.Second
+)
+
+func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string, bool), log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{log: log}
+	defer func() { // d, not the result, which is nil on failure
+		if err != nil {
+			d.close()
+		}
+	}()
+	cfg, err := loadConfig(f, lookupEnv, log)
+	if err != nil {
+		return nil, err
+	}
+	cmd, initdata, aaCfg, cdhCfg := cfg.cmd, cfg.initdata, cfg.aa, cfg.cdh
 
 	opts := detect.Options{Logger: log}
 	if dev, ok := lookupEnv("AA_TPM_DEVICE"); ok {
@@ -225,7 +380,7 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	}
 	if initdata != nil && f.roles.aa {
 		if _, err := aa.BindLaunchInitData(ctx); err != nil {
-			return nil, fmt.Errorf("initdata %s: %w", initFile, err)
+			return nil, fmt.Errorf("initdata %s: %w", cfg.initFile, err)
 		}
 	} else if f.initDigest != "" && f.roles.aa {
 		digest, err := base64.StdEncoding.DecodeString(f.initDigest)
@@ -238,11 +393,11 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	}
 	aaSock := f.aaSock
 	if !f.roles.cdh { // the attestation agent alone
-		if err := d.ttrpc(aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
+		if err := d.ttrpc(ctx, aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
 			return nil, err
 		}
 		for _, addr := range f.grpc {
-			if err := d.grpc(addr, aa, nil, nil); err != nil {
+			if err := d.grpc(ctx, addr, aa, nil, nil); err != nil {
 				return nil, err
 			}
 		}
@@ -252,15 +407,6 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	if err := fetchCredentials(ctx, client, cdhCfg.Credentials); err != nil {
 		return nil, err
 	}
-	pullOpts, err := agent.PullOptions(cdhCfg.Image, cmd.EnableSignatureVerification, client)
-	if err != nil {
-		return nil, err
-	}
-	pullOpts.Logger = log
-	puller, err := imagepull.New(ctx, pullOpts)
-	if err != nil {
-		return nil, err
-	}
 	// Pulled images are measured by the attestation agent: this one, or
 	// the separate process on its socket under kata's launch plan.
 	var measurer service.Measurer = aa
@@ -268,37 +414,71 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 		measurer = &aaClient{addr: cdhCfg.AA.AASocket}
 		d.closers = append(d.closers, measurer.(*aaClient).close)
 	}
-	cdh := service.NewCDH(service.CDHConfig{KBC: client, Puller: puller, Measurer: measurer, Logger: log,
-		Unsealer: &sealed.Unsealer{KBC: client, SkipVerification: cdhCfg.SkipSealedSecretVerification}})
-	kp := service.NewKeyProvider(service.KeyProviderConfig{KBC: client, Logger: log})
-
-	cdhSock := f.cdhSock
-	if cdhSock == "" {
-		cdhSock = cdhCfg.Socket
-	}
-	if !f.roles.aa {
-		aa = nil
-	} else if err := d.ttrpc(aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
+	pullOpts, err := agent.PullOptions(cdhCfg.Image, cmd.EnableSignatureVerification, client)
+	if err != nil {
 		return nil, err
 	}
-	if err := d.ttrpc(cdhSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, nil, cdh, kp) }); err != nil {
+	pullOpts.Logger = log
+	workDir := pullOpts.WorkDir
+	if workDir == "" {
+		workDir = imagepull.DefaultWorkDir
+	}
+	// The puller, and with it the layer store in the work dir, opens at the
+	// first PullImage: see lazyPuller.
+	puller := newLazyPuller(workDir, func(ctx context.Context) (service.Puller, error) {
+		p, err := imagepull.New(ctx, pullOpts)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("image puller open", "work_dir", workDir)
+		return p, nil
+	})
+	unsealer := &sealed.Unsealer{KBC: client, SkipVerification: cdhCfg.SkipSealedSecretVerification}
+	// SecureMount: encrypted block devices, possibly on the image work dir
+	// before the first pull (see lazyPuller); closed on shutdown, after the
+	// pulls.
+	var mounter service.SecureMounter = puller.guardMounts(securemount.New(securemount.Config{
+		KBC: client, Unsealer: unsealer, Logger: log, BeforeMount: puller.beforeMount}))
+	if c, ok := mounter.(interface{ Close(context.Context) error }); ok {
+		d.closers = append(d.closers, func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+			defer cancel()
+			if err := c.Close(cctx); err != nil {
+				log.Error("close the secure mounter", "err", err)
+			}
+		})
+	}
+	// Closers run last first: the pulls finish before the secure mounts
+	// (which may hold the work dir) are closed.
+	d.closers = append(d.closers, func() {
+		if err := puller.drain(drainTimeout); err != nil {
+			log.Error("shutdown", "err", err)
+		}
+	})
+	cdh := service.NewCDH(service.CDHConfig{KBC: client, Puller: puller, Measurer: measurer, Logger: log,
+		Unsealer: unsealer, SecureMounter: mounter})
+	kp := service.NewKeyProvider(service.KeyProviderConfig{KBC: client, Logger: log})
+
+	cdhSock := cfg.cdhSock(f)
+	if !f.roles.aa {
+		aa = nil
+	} else if err := d.ttrpc(ctx, aaSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, aa, nil, nil) }); err != nil {
+		return nil, err
+	}
+	if err := d.ttrpc(ctx, cdhSock, func(s *ttrpc.Server) { service.RegisterTTRPC(s, nil, cdh, kp) }); err != nil {
 		return nil, err
 	}
 	for _, addr := range f.grpc {
-		if err := d.grpc(addr, aa, cdh, kp); err != nil {
+		if err := d.grpc(ctx, addr, aa, cdh, kp); err != nil {
 			return nil, err
 		}
 	}
 	if f.roles.rest && aa != nil {
-		features := f.restFeatures
-		if features == "" {
-			features = string(cmd.GuestComponentsRestAPI)
-		}
-		if err := d.restAPI(f.rest, features, service.RESTAttestation(aa), service.RESTResources(cdh)); err != nil {
+		if err := d.restAPI(f.rest, cfg.restFeatures(f), service.RESTAttestation(aa), service.RESTResources(cdh)); err != nil {
 			return nil, err
 		}
 	}
-	log.Info("guestd ready", "tee", d.att.Tee(), "aa", aaSock, "cdh", cdhSock)
+	log.Info("guestd ready", "tee", d.att.Tee(), "aa", aaSock, "cdh", cdhSock, "aa_config", cfg.aaFrom, "cdh_config", cfg.cdhFrom)
 	return d, nil
 }
 
@@ -391,7 +571,13 @@ func (c *aaClient) close() {
 	}
 }
 
-func (d *daemon) ttrpc(addr string, register func(*ttrpc.Server)) error {
+// ttrpc serves on a ttRPC socket until ctx ends. Every call's context
+// ends with ctx, so a call in progress at SIGTERM (a pull) is cancelled;
+// the server is shut down once the calls have answered (up to ttrpcGrace):
+// ttrpc's Shutdown would close the connection of a call it wrongly takes
+// for idle, and the caller would get "ttrpc: closed" instead of the
+// call's Canceled.
+func (d *daemon) ttrpc(ctx context.Context, addr string, register func(*ttrpc.Server)) error {
 	a, err := agent.ParseAddress(addr)
 	if err != nil {
 		return err
@@ -400,7 +586,15 @@ func (d *daemon) ttrpc(addr string, register func(*ttrpc.Server)) error {
 	if err != nil {
 		return err
 	}
-	s, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	var calls atomic.Int64
+	s, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithUnaryServerInterceptor(func(rctx context.Context, um ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+			calls.Add(1)
+			defer calls.Add(-1)
+			rctx, done := callContext(rctx, ctx)
+			defer done()
+			return m(rctx, um)
+		}))
 	if err != nil {
 		ln.Close()
 		return err
@@ -409,20 +603,42 @@ func (d *daemon) ttrpc(addr string, register func(*ttrpc.Server)) error {
 	d.log.Info("ttRPC listening", "addr", addr)
 	d.listeners = append(d.listeners, func(ctx context.Context) error {
 		errc := make(chan error, 1)
-		go func() { errc <- s.Serve(ctx, ln) }()
+		go func() { errc <- s.Serve(context.WithoutCancel(ctx), ln) }()
 		select {
 		case err := <-errc:
 			return err
 		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			return s.Shutdown(sctx)
 		}
+		deadline := time.Now().Add(ttrpcGrace)
+		if calls.Load() > 0 {
+			for calls.Load() > 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond) // the last answers leave the connections
+		}
+		sctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
+		defer cancel()
+		if err := s.Shutdown(sctx); err != nil {
+			s.Close()
+			return err
+		}
+		return nil
 	})
 	return nil
 }
 
-func (d *daemon) grpc(addr string, aa *service.AA, cdh *service.CDH, kp *service.KeyProvider) error {
+// ttrpcGrace bounds how long a stopping ttRPC server waits for its calls.
+const ttrpcGrace = 5 * time.Second
+
+// callContext returns the context of one call: the transport's, also
+// ended when stop ends. done releases it.
+func callContext(rctx, stop context.Context) (_ context.Context, done func()) {
+	rctx, cancel := context.WithCancel(rctx)
+	unregister := context.AfterFunc(stop, cancel)
+	return rctx, func() { unregister(); cancel() }
+}
+
+func (d *daemon) grpc(ctx context.Context, addr string, aa *service.AA, cdh *service.CDH, kp *service.KeyProvider) error {
 	a, err := agent.ParseAddress(addr)
 	if err != nil {
 		return err
@@ -431,7 +647,11 @@ func (d *daemon) grpc(addr string, aa *service.AA, cdh *service.CDH, kp *service
 	if err != nil {
 		return err
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(grpc.UnaryInterceptor(func(rctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		rctx, done := callContext(rctx, ctx)
+		defer done()
+		return h(rctx, req)
+	}))
 	service.RegisterGRPC(s, aa, cdh, kp)
 	d.log.Info("gRPC listening", "addr", ln.Addr().String())
 	d.listeners = append(d.listeners, func(ctx context.Context) error {

@@ -74,6 +74,13 @@ func TestServe(t *testing.T) {
 	if _, err := cdh.GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/../x"}); err == nil {
 		t.Fatal("GetResource accepted a bad URI")
 	}
+	// SecureMount reaches the secure mounter, which refuses a volume type
+	// it does not support.
+	sm := cdhpb.NewTTRPCSecureMountServiceClient(ttrpcClient(t, cdhSock))
+	_, err = sm.SecureMount(ctx, &cdhpb.SecureMountRequest{VolumeType: "alibaba-cloud-oss", MountPoint: filepath.Join(dir, "oss")})
+	if err == nil || !strings.Contains(err.Error(), `volume type "alibaba-cloud-oss"`) || strings.Contains(err.Error(), "no secure mounter") {
+		t.Fatalf("SecureMount of an unsupported volume type: %v", err)
+	}
 
 	// REST on loopback.
 	hr, err := http.Get("http://" + restAddr + "/cdh/resource/default/key/1")
