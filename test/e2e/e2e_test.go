@@ -83,6 +83,8 @@ func (w *world) boot(t *testing.T, name string, disks ...string) (*guest.VM, vmC
 func pull(ctx context.Context, t *testing.T, vm *guest.VM, c vmClients, image, bundle string) (string, time.Duration, error) {
 	t.Helper()
 	vm.MustSh(t, 10*time.Second, "mkdir -p "+bundle)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
 	start := time.Now()
 	resp, err := c.pull.PullImage(ctx, &cdhpb.ImagePullRequest{ImageUrl: image, BundlePath: bundle})
 	d := time.Since(start)
@@ -121,7 +123,9 @@ func noMount(t *testing.T, vm *guest.VM, dir string) {
 func TestE2E(t *testing.T) {
 	w := newWorld(t)
 	setupDone := len(w.reg.Output())
-	ctx := context.Background()
+	// Every call into the guest is bounded.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	vm, c := w.boot(t, "main")
 
 	t.Run("unencrypted", func(t *testing.T) {
@@ -265,6 +269,7 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
+	guestTimings(t, vm)
 	vm.Poweroff()
 
 	t.Run("restart", func(t *testing.T) {
@@ -333,6 +338,7 @@ func TestE2E(t *testing.T) {
 		if hdr := diskMagic(t, disk); hdr != "LUKS\xba\xbe" {
 			t.Fatalf("the work disk starts with %q, not a LUKS header", hdr)
 		}
+		guestTimings(t, vm2)
 		vm2.Poweroff()
 	})
 
@@ -383,6 +389,29 @@ func TestE2E(t *testing.T) {
 		}
 		t.Logf("searched %d host files for the canary: %d hits; %d blob GETs served, all through the guest's route", files, len(hits), n)
 	})
+}
+
+// guestTimings logs what guestd itself measured inside the guest: the
+// duration of every call that succeeded, from the daemons' logs.
+func guestTimings(t *testing.T, vm *guest.VM) {
+	t.Helper()
+	out := vm.MustSh(t, 10*time.Second, "grep -h 'msg=ok' /run/log/aa.log /run/log/cdh.log || true")
+	for _, l := range strings.Split(out, "\n") {
+		var rpc, dur, img string
+		for _, f := range strings.Fields(l) {
+			switch k, v, _ := strings.Cut(f, "="); k {
+			case "rpc":
+				rpc = v
+			case "duration":
+				dur = v
+			case "image":
+				img = v
+			}
+		}
+		if rpc != "" && dur != "" && rpc != "GetTeeType" {
+			t.Logf("TIMING in the guest: %s %s %s", rpc, img, dur)
+		}
+	}
 }
 
 // diskMagic returns the first six bytes of a disk image.

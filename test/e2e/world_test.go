@@ -8,21 +8,24 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/guestd/guestd/attester/tpm"
-	"github.com/guestd/guestd/imagepull/encrypt"
 	"github.com/guestd/guestd/kbc/kbs"
 	"github.com/guestd/guestd/kbc/resource"
 	"github.com/guestd/guestd/test/guest"
@@ -116,11 +119,24 @@ func newWorld(t *testing.T) *world {
 	if err := images.WriteOCILayout(tenant, "1", seed); err != nil {
 		t.Fatal(err)
 	}
+	// The tenant's tool: the guestctl binary `make build` made.
+	guestctl := binary(t, "guestctl")
+	adminKey := filepath.Join(tenant, "admin.pem")
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(adminKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, repo := range []string{"e2e/seed", "e2e/other", "e2e/unsigned"} {
-		err := encrypt.Encrypt(context.Background(), "oci:"+tenant+":1", "docker://"+w.reg.Host+"/"+repo+":1",
-			encrypt.Options{KBSURL: w.kbs.URL, AdminKey: priv, KeyID: "kbs:///default/image-kek/" + strings.TrimPrefix(repo, "e2e/"), Insecure: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		out, err := exec.CommandContext(ctx, guestctl, "image", "encrypt", "--kbs", w.kbs.URL, "--admin-key", adminKey,
+			"--key-id", "kbs:///default/image-kek/"+strings.TrimPrefix(repo, "e2e/"), "--insecure",
+			"oci:"+tenant+":1", "docker://"+w.reg.Host+"/"+repo+":1").CombinedOutput()
+		cancel()
 		if err != nil {
-			t.Fatalf("encrypt %s: %v", repo, err)
+			t.Fatalf("guestctl image encrypt %s: %v\n%s", repo, err, out)
 		}
 	}
 	if err := os.RemoveAll(tenant); err != nil {
@@ -138,6 +154,20 @@ func newWorld(t *testing.T) *world {
 	w.put(t, "kbs:///default/cosign-key/1", cosignPub)
 	w.put(t, "kbs:///default/storage-key/1", []byte(randomHex(t, 64)))
 	return w
+}
+
+// binary is bin/NAME at the repository root (make build).
+func binary(t *testing.T, name string) string {
+	t.Helper()
+	dir, err := guest.ImageDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(filepath.Dir(dir), name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%v (build it with: make build)", err)
+	}
+	return p
 }
 
 // name is how the tenant and the guest name an image: the registry's
