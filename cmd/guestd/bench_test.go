@@ -32,7 +32,7 @@ func BenchmarkStartup(b *testing.B) {
 	for b.Loop() {
 		os.Remove(aaSock)
 		os.Remove(cdhSock)
-		cmd := exec.Command(guestdBin, "serve", "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
+		cmd := exec.Command(guestdBin, "serve", "--config=", "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
 			"--attestation_sock", "unix://"+aaSock, "--rest", "127.0.0.1:0")
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

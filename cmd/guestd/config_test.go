@@ -120,6 +120,8 @@ url = "http://file-kbs:8080"
 		}},
 		{name: "unknown keys warn", args: []string{"--config", unknown, "--tee", "sample"}, warn: `key=attestation_agent.retries`,
 			want: func(e *effective) bool { return e.Config == unknown }},
+		{name: "--config= reads no file", args: []string{"--config=", "--tee", "sample"},
+			want: func(e *effective) bool { return e.Config == "" }},
 		{name: "missing file", args: []string{"--config", filepath.Join(dir, "missing.toml")}, wantErr: "missing.toml"},
 		{name: "bad gRPC address", args: []string{"--config", badGRPC, "--tee", "sample"}, wantErr: `grpc: listen address "vsock://any"`},
 		{name: "bad AA table", args: []string{"--config", badAA, "--tee", "sample"}, wantErr: "attestation_agent.token_configs.kbs.url"},

@@ -216,7 +216,7 @@ func ocStartGuestd(t *testing.T, kbsURL string) (*proc, string) {
 			t.Fatal(err)
 		}
 	}
-	d := startProc(t, guestdBin, nil, "serve", "-c", aaConf, "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
+	d := startProc(t, guestdBin, nil, "serve", "--config=", "-c", aaConf, "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
 		"--attestation_sock", "unix://"+filepath.Join(dir, "aa.sock"), "--rest", "", "--grpc", "tcp://127.0.0.1:0")
 	addr := d.waitFor(t, regexp.MustCompile(`"gRPC listening" addr=(\S+)`))
 	d.waitFor(t, regexp.MustCompile(`guestd ready`))

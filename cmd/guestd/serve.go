@@ -68,7 +68,7 @@ type serveFlags struct {
 // defaults of the flags not given (withFile).
 func daemonFlags(fs *flag.FlagSet, f *serveFlags) {
 	d := config.DefaultGuestd()
-	fs.StringVar(&f.config, "config", "", "guestd config file (default: "+config.DefaultGuestdConfig+" if it exists); flags win over it")
+	fs.StringVar(&f.config, "config", "", "guestd config file (default: "+config.DefaultGuestdConfig+" if it exists; --config= for none); flags win over it")
 	fs.StringVar(&f.aaConfig, "c", "", "attestation agent config file (replaces [attestation_agent] and initdata's aa.toml)")
 	fs.StringVar(&f.cdhConfig, "cdh-config", "", "confidential data hub config file (replaces [confidential_data_hub] and initdata's cdh.toml)")
 	fs.StringVar(&f.initdata, "initdata-toml", d.Initdata, "initdata TOML (default: "+defaultInitdata+" if it exists)")
@@ -90,7 +90,7 @@ func (f *serveFlags) withFile(fs *flag.FlagSet) error {
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	file := f.config
-	if file == "" {
+	if file == "" && !set["config"] { // --config= : no file
 		if _, err := os.Stat(config.DefaultGuestdConfig); !errors.Is(err, os.ErrNotExist) {
 			file = config.DefaultGuestdConfig
 		}

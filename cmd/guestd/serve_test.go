@@ -46,7 +46,7 @@ func TestServe(t *testing.T) {
 	os.WriteFile(cmdline, []byte("console=ttyS0\n"), 0o644)
 	aaSock := filepath.Join(dir, "aa.sock")
 
-	d := startProc(t, guestdBin, nil, "serve", "-c", aaConf, "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
+	d := startProc(t, guestdBin, nil, "serve", "--config=", "-c", aaConf, "--cdh-config", cdhConf, "--cmdline", cmdline, "--tee", "sample",
 		"--attestation_sock", "unix://"+aaSock, "--rest", "127.0.0.1:0", "--rest-features", "all", "--grpc", "tcp://127.0.0.1:0")
 	grpcAddr := d.waitFor(t, regexp.MustCompile(`"gRPC listening" addr=(\S+)`))
 	restAddr := d.waitFor(t, regexp.MustCompile(`"REST API listening" addr=(\S+)`))
