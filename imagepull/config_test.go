@@ -611,8 +611,18 @@ func TestUnsupportedTypes(t *testing.T) {
 	t.Run("layer media type", func(t *testing.T) {
 		plain := images.NewLayer(t, images.Gzip, images.File("etc/x", "x"))
 		odd := images.RawLayer("application/x-nonsense", plain.Data, plain.DiffID)
-		images.PushRaw(t, images.Image{Layers: []images.Layer{odd}, Config: images.Config{Cmd: []string{"/x"}}}, e.reg, "odd/layer:1")
-		pullFails(t, p, e.reg.Host+"/odd/layer:1", `"application/x-nonsense"`, "layer 0", "not supported")
+		base := images.NewLayer(t, images.Gzip, images.File("etc/base", "base"))
+		images.PushRaw(t, images.Image{Layers: []images.Layer{base, odd}, Config: images.Config{Cmd: []string{"/x"}}}, e.reg, "odd/layer:1")
+		// Through a recording proxy: the image is refused by its second
+		// layer's type before any layer is downloaded.
+		px := registry.Corrupting(t, e.reg, func(string) bool { return false })
+		pp := e.puller(t, func(o *imagepull.Options) { o.InsecureRegistries = []string{px.Addr().Host} })
+		pullFails(t, pp, px.Addr().Host+"/odd/layer:1", `"application/x-nonsense"`, "layer 1", "not supported")
+		for _, r := range px.Requests() {
+			if strings.Contains(r, odd.Digest.Encoded()) || strings.Contains(r, base.Digest.Encoded()) {
+				t.Errorf("a layer of the refused image was requested: %s", r)
+			}
+		}
 	})
 
 	t.Run("nested index", func(t *testing.T) {

@@ -257,6 +257,13 @@ func (p *Puller) Pull(ctx context.Context, imageRef, bundle string) (digest.Dige
 	if len(layers) == 0 || len(layers) != len(diffIDs) {
 		return "", fmt.Errorf("pull %s: the manifest has %d layers and the config %d diff_ids", name, len(layers), len(diffIDs))
 	}
+	// Refuse a layer type nothing here can unpack before downloading
+	// anything.
+	for i, l := range layers {
+		if !decrypt.IsEncrypted(l.MediaType) && !plainLayerType(l.MediaType) {
+			return "", fmt.Errorf("pull %s: layer %d (%s): layer media type %q is not supported", name, i, l.Digest, l.MediaType)
+		}
+	}
 	chain := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
 
 	// A concurrent Remove may collect the layers between unpack and Mount;
