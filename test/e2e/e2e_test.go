@@ -167,6 +167,14 @@ func TestE2E(t *testing.T) {
 		if !strings.Contains(out, "hello from the unencrypted image") || !strings.Contains(out, "uid=0") {
 			t.Fatalf("container output:\n%s", out)
 		}
+
+		// A workload's view: kata's api-server-rest on the guest's
+		// loopback, in front of the AA and the CDH sockets.
+		rest := vm.MustSh(t, 30*time.Second, "wget -qO- 'http://127.0.0.1:8006/aa/token?token_type=kbs'; echo; "+
+			"wget -qO- http://127.0.0.1:8006/cdh/resource/default/cosign-key/1")
+		if !strings.Contains(rest, `"token"`) || strings.Contains(rest, "PRIVATE KEY") || !strings.Contains(rest, "BEGIN PUBLIC KEY") {
+			t.Fatalf("REST API in the guest returned:\n%s", rest)
+		}
 	})
 
 	t.Run("encrypted", func(t *testing.T) {

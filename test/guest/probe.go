@@ -64,7 +64,7 @@ func (vm *VM) MustSh(t testing.TB, timeout time.Duration, script string) string 
 	t.Helper()
 	r, err := vm.Sh(context.Background(), timeout, script)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\nserial console (tail):\n%s", err, tail(vm.Serial(), 30))
 	}
 	if r.Exit != 0 {
 		t.Fatalf("guest %s: script failed: %s\nscript:\n%s", vm.name, r, script)
