@@ -27,8 +27,8 @@ guest-image: build
 	@GO=$(GO) ./test/guest/image/build.sh $(BIN)
 
 # e2e runs the seed walkthrough inside QEMU guests (test/e2e, build tag
-# e2e): scenarios unencrypted, encrypted, refusals, securemount, restart
-# and host. The full log goes to $(BIN)/e2e.log; failed guests' serial
+# e2e): scenarios unencrypted, encrypted, refusals, securemount, restart,
+# unified and host. The full log goes to $(BIN)/e2e.log; failed guests' serial
 # consoles are kept in $(BIN)/e2e-artifacts.
 e2e: deps guest-image
 	@echo "make e2e: booting QEMU guests (TCG), log in $(BIN)/e2e.log"

@@ -7,5 +7,7 @@
 //
 // The tests carry the build tag e2e: `make e2e` builds the guest image and
 // runs them, and `make test` includes `make e2e`. Scenarios (subtests of
-// TestE2E): unencrypted, encrypted, refusals, securemount, restart, host.
+// TestE2E): unencrypted, encrypted, refusals, securemount, restart,
+// unified (one `guestd serve` process from the installed config instead of
+// kata's three names), host.
 package e2e

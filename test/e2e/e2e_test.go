@@ -59,12 +59,12 @@ func dial(t *testing.T, vm *guest.VM) vmClients {
 	}
 }
 
-// boot starts a guest for w with the given extra disks (after the
-// initdata disk, so they are /dev/vdb, /dev/vdc, ...) and waits for it.
-func (w *world) boot(t *testing.T, name string, disks ...string) (*guest.VM, vmClients) {
+// boot starts a guest for w with extra kernel parameters and disks (after
+// the initdata disk, so they are /dev/vdb, /dev/vdc, ...) and waits for it.
+func (w *world) boot(t *testing.T, name string, params []string, disks ...string) (*guest.VM, vmClients) {
 	t.Helper()
 	opts := guest.Options{
-		Append:    w.cmdline(),
+		Append:    append(w.cmdline(), params...),
 		Forwards:  w.forwards(),
 		HostPorts: []int{guest.AAPort, guest.CDHPort},
 		TPM:       guest.StartTPM(t, w.tpmState),
@@ -126,7 +126,7 @@ func TestE2E(t *testing.T) {
 	// Every call into the guest is bounded.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	vm, c := w.boot(t, "main")
+	vm, c := w.boot(t, "main", nil)
 
 	t.Run("unencrypted", func(t *testing.T) {
 		start := time.Now()
@@ -296,7 +296,7 @@ func TestE2E(t *testing.T) {
 		}
 		// First boot: the image work dir on an encrypted disk keyed from
 		// the KBS; the big layer is slowed down and the VM killed halfway.
-		vm1, c1 := w.boot(t, "restart-1", disk)
+		vm1, c1 := w.boot(t, "restart-1", nil, disk)
 		mount(c1, "empty")
 		w.proxy.throttle(w.bigLayer.String(), 4<<20)
 		pctx, cancel := context.WithCancel(ctx)
@@ -326,7 +326,7 @@ func TestE2E(t *testing.T) {
 
 		// Second boot, same disk: the encrypted work dir opens with the
 		// KBS key, and the pull completes.
-		vm2, c2 := w.boot(t, "restart-2", disk)
+		vm2, c2 := w.boot(t, "restart-2", nil, disk)
 		mount(c2, "encrypted")
 		bundle := "/run/kata-containers/e2e-big"
 		dgst, d, err := pull(ctx, t, vm2, c2, w.name("e2e/big"), bundle)
@@ -348,6 +348,33 @@ func TestE2E(t *testing.T) {
 		}
 		guestTimings(t, vm2)
 		vm2.Poweroff()
+	})
+
+	t.Run("unified", func(t *testing.T) {
+		// The installed unit's way: kata starts none of its names, one
+		// `guestd serve --config /etc/guestd/guestd.toml` serves
+		// everything, and one KBS client serves the token and the pull.
+		vm, c := w.boot(t, "unified", []string{"agent.guest_components_procs=none", "guestd.launch=unified"})
+		procs := vm.MustSh(t, 10*time.Second, "ps -o args | grep -e guestd -e attestation-agent -e confidential-data-hub -e api-server-rest | grep -v -e grep -e guestprobe")
+		if lines := strings.Split(strings.TrimSpace(procs), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "guestd serve --config /etc/guestd/guestd.toml") {
+			t.Fatalf("want one guestd serve process, got:\n%s", procs)
+		}
+		before := w.kbs.Server.Stats()
+		if _, err := c.aa.GetToken(ctx, &aapb.GetTokenRequest{TokenType: "kbs"}); err != nil {
+			t.Fatalf("GetToken: %v", err)
+		}
+		bundle := "/run/kata-containers/e2e-unified"
+		if _, _, err := pull(ctx, t, vm, c, w.name("e2e/seed"), bundle); err != nil {
+			t.Fatalf("PullImage: %v", err)
+		}
+		if out := run(t, vm, bundle, "unified"); !strings.Contains(out, w.canarySum) {
+			t.Fatalf("container output does not show the decrypted canary:\n%s", out)
+		}
+		if n := w.kbs.Server.Stats().Attest - before.Attest; n != 1 {
+			t.Fatalf("the token and the pull's policy, cosign key and KEK cost %d attestations, want 1", n)
+		}
+		guestTimings(t, vm)
+		vm.Poweroff()
 	})
 
 	t.Run("host", func(t *testing.T) {
@@ -403,7 +430,7 @@ func TestE2E(t *testing.T) {
 // duration of every call that succeeded, from the daemons' logs.
 func guestTimings(t *testing.T, vm *guest.VM) {
 	t.Helper()
-	out := vm.MustSh(t, 10*time.Second, "grep -h 'msg=ok' /run/log/aa.log /run/log/cdh.log || true")
+	out := vm.MustSh(t, 10*time.Second, "cat /run/log/aa.log /run/log/cdh.log /run/log/guestd.log 2>/dev/null | grep 'msg=ok' || true")
 	for _, l := range strings.Split(out, "\n") {
 		var rpc, dur, img string
 		for _, f := range strings.Fields(l) {
