@@ -53,6 +53,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags '$(TAGS)' $(PKGS)
+	$(GO) vet -tags '$(TAGS) e2e' ./test/e2e/
 
 demo: deps build
 	@./test/scripts/demo.sh $(BIN)
