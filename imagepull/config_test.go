@@ -130,7 +130,7 @@ func TestRegistriesConf(t *testing.T) {
 			if got := rootfsFile(t, bundle, "etc/which"); got != "team" {
 				t.Fatalf("etc/which = %q, want team", got)
 			}
-			if want := manifestDigest(t, e.reg, "team/app", "1"); d != want {
+			if want := images.ManifestDigest(t, e.reg, "team/app", "1"); d != want {
 				t.Fatalf("Pull = %s, want %s", d, want)
 			}
 		})
@@ -143,7 +143,7 @@ func TestRegistriesConf(t *testing.T) {
 		if got := rootfsFile(t, bundle, "etc/which"); got != "mirrored" {
 			t.Fatalf("etc/which = %q, want mirrored", got)
 		}
-		if want := manifestDigest(t, e.reg, "mirror/app/img", "1"); d != want {
+		if want := images.ManifestDigest(t, e.reg, "mirror/app/img", "1"); d != want {
 			t.Fatalf("Pull = %s, want %s", d, want)
 		}
 		// Without the mirror the same name cannot be pulled at all.
@@ -231,7 +231,7 @@ func TestHTTPProxy(t *testing.T) {
 		if got := rootfsFile(t, bundle, "etc/proxied"); got != "yes" {
 			t.Fatalf("etc/proxied = %q", got)
 		}
-		if want := manifestDigest(t, e.reg, "proxied/app", "1"); d != want {
+		if want := images.ManifestDigest(t, e.reg, "proxied/app", "1"); d != want {
 			t.Fatalf("Pull = %s, want %s", d, want)
 		}
 		reqs, bad := fp.requests()
@@ -354,7 +354,7 @@ func TestJWESkopeo(t *testing.T) {
 	args = append(args, e.reg.SkopeoFlags("dest")...)
 	images.Skopeo(t, append(args, "docker://"+e.reg.Host+"/jwe/plain:1", "docker://"+e.reg.Host+"/jwe/enc:1")...)
 
-	d := manifestDigest(t, e.reg, "jwe/enc", "1")
+	d := images.ManifestDigest(t, e.reg, "jwe/enc", "1")
 	_, body := getManifest(t, e.reg, "jwe/enc", d.String())
 	var m ocispec.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {

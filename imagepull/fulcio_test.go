@@ -276,7 +276,7 @@ func cosignPayload(t *testing.T, dockerRef string, d digest.Digest) []byte {
 func (e *env) pushKeyless(t *testing.T, repo string, img images.Image, k keyless) string {
 	t.Helper()
 	ref := images.PushRaw(t, img, e.reg, repo+":1")
-	if got := manifestDigest(t, e.reg, repo, "1"); got != ref.Digest {
+	if got := images.ManifestDigest(t, e.reg, repo, "1"); got != ref.Digest {
 		t.Fatalf("registry digest %s, pushed %s", got, ref.Digest)
 	}
 	signed := ref.Digest
@@ -419,7 +419,7 @@ func TestFulcioRekorKeyless(t *testing.T) {
 
 	t.Run("accepted", func(t *testing.T) {
 		d := e.pullAccepted(t, good, policyURI, "good")
-		if want := manifestDigest(t, e.reg, "keyless/good", "1"); d != want {
+		if want := images.ManifestDigest(t, e.reg, "keyless/good", "1"); d != want {
 			t.Fatalf("Pull = %s, want %s", d, want)
 		}
 	})

@@ -503,9 +503,7 @@ func (p *Puller) applyLayer(ctx context.Context, blob *spooled, li types.BlobInf
 		if stream, check, err = p.dec.Layer(ctx, desc, f); err != nil {
 			return fmt.Errorf("decrypt: %w", err)
 		}
-	} else if !plainLayerType(li.MediaType) {
-		return fmt.Errorf("layer media type %q is not supported", li.MediaType)
-	}
+	} // else a plain layer type: Pull refused every other type up front.
 	applyErr := func() error {
 		tarStream, _, err := compression.AutoDecompress(stream)
 		if err != nil {

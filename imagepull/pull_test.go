@@ -25,7 +25,6 @@ import (
 	"github.com/guestd/guestd/imagepull"
 	"github.com/guestd/guestd/imagepull/encrypt"
 	"github.com/guestd/guestd/kbc/kbs"
-	"github.com/guestd/guestd/kbc/resource"
 	"github.com/guestd/guestd/test/images"
 	testkbs "github.com/guestd/guestd/test/kbs"
 	"github.com/guestd/guestd/test/kbs/kbstest"
@@ -61,29 +60,12 @@ func newEnv(t *testing.T) *env {
 // put stores a resource in the KBS through its admin API.
 func (e *env) put(t *testing.T, uri string, data []byte) {
 	t.Helper()
-	admin, err := kbs.NewAdmin(e.kbs.URL, e.adminKey, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := resource.Parse(uri)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.SetResource(context.Background(), u, data); err != nil {
-		t.Fatal(err)
-	}
+	e.kbs.SetResource(t, e.adminKey, uri, data)
 }
 
 func (e *env) del(t *testing.T, uri string) {
 	t.Helper()
-	admin, err := kbs.NewAdmin(e.kbs.URL, e.adminKey, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := resource.Parse(uri)
-	if err := admin.DeleteResource(context.Background(), u); err != nil {
-		t.Fatal(err)
-	}
+	e.kbs.DeleteResource(t, e.adminKey, uri)
 }
 
 func (e *env) puller(t *testing.T, mod func(*imagepull.Options)) *imagepull.Puller {
@@ -102,23 +84,6 @@ func (e *env) puller(t *testing.T, mod func(*imagepull.Options)) *imagepull.Pull
 		t.Fatal(err)
 	}
 	return p
-}
-
-// manifestDigest asks the registry for the digest of repo:tag.
-func manifestDigest(t *testing.T, r *registry.Registry, repo, tag string) digest.Digest {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodHead, r.URL+"/v2/"+repo+"/manifests/"+tag, nil)
-	req.Header.Set("Accept", ocispec.MediaTypeImageManifest+", application/vnd.docker.distribution.manifest.v2+json, "+ocispec.MediaTypeImageIndex)
-	resp, err := r.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
-	if err != nil {
-		t.Fatalf("manifest digest of %s:%s: %v (HTTP %d)", repo, tag, err, resp.StatusCode)
-	}
-	return d
 }
 
 // layerMediaTypes returns the layer media types of a manifest.
@@ -153,7 +118,7 @@ func (e *env) encryptedSigned(t *testing.T, kid string) (string, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := images.Ref{Target: e.reg, Repo: "app/enc", Tag: "1", Digest: manifestDigest(t, e.reg, "app/enc", "1")}
+	ref := images.Ref{Target: e.reg, Repo: "app/enc", Tag: "1", Digest: images.ManifestDigest(t, e.reg, "app/enc", "1")}
 	pub := images.CosignSign(t, t.TempDir(), ref)
 	return e.reg.Host + "/app/enc:1", pub
 }
@@ -239,7 +204,7 @@ func TestSeedScenario(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Remove(context.Background(), bundle) })
-	if want := manifestDigest(t, e.reg, "app/enc", "1"); d != want {
+	if want := images.ManifestDigest(t, e.reg, "app/enc", "1"); d != want {
 		t.Fatalf("Pull = %s, want %s", d, want)
 	}
 	checkRootfs(t, filepath.Join(bundle, "rootfs"))

@@ -23,7 +23,6 @@ import (
 	"github.com/guestd/guestd/agent/service"
 	"github.com/guestd/guestd/attester/sample"
 	"github.com/guestd/guestd/kbc/kbs"
-	"github.com/guestd/guestd/kbc/resource"
 	"github.com/guestd/guestd/kbc/teekey"
 	testkbs "github.com/guestd/guestd/test/kbs"
 	"github.com/guestd/guestd/test/kbs/kbstest"
@@ -58,17 +57,7 @@ func newKBSEnv(t *testing.T, alg teekey.Algorithm) *kbsEnv {
 // put stores a resource through the KBS admin API.
 func (e *kbsEnv) put(t *testing.T, uri string, data []byte) {
 	t.Helper()
-	admin, err := kbs.NewAdmin(e.kbs.URL, e.adminKey, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := resource.Parse(uri)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.SetResource(context.Background(), u, data); err != nil {
-		t.Fatal(err)
-	}
+	e.kbs.SetResource(t, e.adminKey, uri, data)
 }
 
 // testLogger logs to the test's output.

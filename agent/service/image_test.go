@@ -49,26 +49,9 @@ func newImageEnv(t *testing.T) *imageEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.encRef = images.Ref{Target: e.reg, Repo: "app/enc", Tag: "1", Digest: manifestDigest(t, e.reg, "app/enc", "1")}
+	e.encRef = images.Ref{Target: e.reg, Repo: "app/enc", Tag: "1", Digest: images.ManifestDigest(t, e.reg, "app/enc", "1")}
 	e.cosignPub = images.CosignSign(t, t.TempDir(), e.encRef)
 	return e
-}
-
-// manifestDigest asks the registry for the digest of repo:tag.
-func manifestDigest(t *testing.T, r *registry.Registry, repo, tag string) digest.Digest {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodHead, r.URL+"/v2/"+repo+"/manifests/"+tag, nil)
-	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
-	resp, err := r.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
-	if err != nil {
-		t.Fatalf("manifest digest of %s:%s: %v (HTTP %d)", repo, tag, err, resp.StatusCode)
-	}
-	return d
 }
 
 // get fetches a registry path.

@@ -20,7 +20,6 @@ import (
 	"github.com/guestd/guestd/attester/detect"
 	"github.com/guestd/guestd/attester/snp"
 	"github.com/guestd/guestd/attester/tdx"
-	"github.com/guestd/guestd/attester/tpm"
 	"github.com/guestd/guestd/test/kbs"
 	"github.com/guestd/guestd/test/kbs/kbstest"
 	samplev "github.com/guestd/guestd/test/kbs/verifier/sample"
@@ -261,16 +260,8 @@ func TestTDXEndToEnd(t *testing.T) {
 // TestTPMEndToEnd runs the production binary against a real swtpm.
 func TestTPMEndToEnd(t *testing.T) {
 	sw := swtpm.Start(t)
-	// Provision the AK (persisted at the default handle) and read it for the
-	// KBS's trust list; swtpm serves one client at a time, so close first.
-	a, err := tpm.Open(context.Background(), tpm.Options{Device: sw.Device()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	akPEM := a.AKPublicPEM()
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// The KBS trusts exactly this TPM's AK.
+	akPEM := sw.ProvisionAK(t)
 	v, err := tpmv.New(tpmv.Options{TrustedAKsPEM: akPEM})
 	if err != nil {
 		t.Fatal(err)
@@ -282,12 +273,7 @@ func TestTPMEndToEnd(t *testing.T) {
 	}
 	// A KBS that trusts another AK refuses this TPM.
 	other := swtpm.Start(t)
-	b, err := tpm.Open(context.Background(), tpm.Options{Device: other.Device()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherPEM := b.AKPublicPEM()
-	b.Close()
+	otherPEM := other.ProvisionAK(t)
 	vOther, err := tpmv.New(tpmv.Options{TrustedAKsPEM: otherPEM})
 	if err != nil {
 		t.Fatal(err)

@@ -186,7 +186,7 @@ func within(p, dir string) bool {
 
 // guardMounts wraps m so that a secure mount made before the puller is
 // open holds the open off until it is done. It keeps m's Close.
-func (l *lazyPuller) guardMounts(m service.SecureMounter) service.SecureMounter {
+func (l *lazyPuller) guardMounts(m service.SecureMounter) *guardedMounter {
 	return &guardedMounter{m: m, l: l}
 }
 

@@ -245,11 +245,7 @@ func TestLazyPullerGuardsMounts(t *testing.T) {
 	if err := <-mounted; err != nil {
 		t.Fatal(err)
 	}
-	c, ok := guarded.(interface{ Close(context.Context) error })
-	if !ok {
-		t.Fatal("the guarded mounter hides the mounter's Close")
-	}
-	if err := c.Close(ctx); err != nil || !m.closed.Load() {
+	if err := guarded.Close(ctx); err != nil || !m.closed.Load() {
 		t.Fatalf("Close: %v, reached the mounter: %v", err, m.closed.Load())
 	}
 }

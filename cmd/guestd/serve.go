@@ -437,17 +437,15 @@ func newDaemon(ctx context.Context, f serveFlags, lookupEnv func(string) (string
 	// SecureMount: encrypted block devices, possibly on the image work dir
 	// before the first pull (see lazyPuller); closed on shutdown, after the
 	// pulls.
-	var mounter service.SecureMounter = puller.guardMounts(securemount.New(securemount.Config{
+	mounter := puller.guardMounts(securemount.New(securemount.Config{
 		KBC: client, Unsealer: unsealer, Logger: log, BeforeMount: puller.beforeMount}))
-	if c, ok := mounter.(interface{ Close(context.Context) error }); ok {
-		d.closers = append(d.closers, func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
-			defer cancel()
-			if err := c.Close(cctx); err != nil {
-				log.Error("close the secure mounter", "err", err)
-			}
-		})
-	}
+	d.closers = append(d.closers, func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+		defer cancel()
+		if err := mounter.Close(cctx); err != nil {
+			log.Error("close the secure mounter", "err", err)
+		}
+	})
 	// Closers run last first: the pulls finish before the secure mounts
 	// (which may hold the work dir) are closed.
 	d.closers = append(d.closers, func() {

@@ -22,6 +22,7 @@ import (
 	"github.com/guestd/guestd/agent/api/cdhpb"
 	"github.com/guestd/guestd/test/guest"
 	testkbs "github.com/guestd/guestd/test/kbs"
+	"github.com/guestd/guestd/test/swtpm"
 )
 
 const readyTimeout = 2 * time.Minute
@@ -67,7 +68,7 @@ func (w *world) boot(t *testing.T, name string, params []string, disks ...string
 		Append:    append(w.cmdline(), params...),
 		Forwards:  w.forwards(),
 		HostPorts: []int{guest.AAPort, guest.CDHPort},
-		TPM:       guest.StartTPM(t, w.tpmState),
+		TPM:       swtpm.StartForQEMU(t, w.tpmState).Ctrl,
 		Disks:     append([]string{guest.InitdataDisk(t, t.TempDir(), w.initdata())}, disks...),
 		RelayLog:  w.relayLog,
 	}

@@ -25,9 +25,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/guestd/guestd/attester/tpm"
-	"github.com/guestd/guestd/kbc/kbs"
-	"github.com/guestd/guestd/kbc/resource"
 	"github.com/guestd/guestd/test/guest"
 	"github.com/guestd/guestd/test/images"
 	testkbs "github.com/guestd/guestd/test/kbs"
@@ -69,14 +66,7 @@ func newWorld(t *testing.T) *world {
 	// way), so the KBS can trust exactly this TPM.
 	w.tpmState = t.TempDir()
 	sw := swtpm.StartState(t, w.tpmState)
-	a, err := tpm.Open(context.Background(), tpm.Options{Device: sw.Device()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	akPEM := a.AKPublicPEM()
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
-	}
+	akPEM := sw.ProvisionAK(t)
 	if err := sw.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -231,34 +221,13 @@ func (w *world) forwards() []guest.Forward {
 
 func (w *world) put(t *testing.T, uri string, data []byte) {
 	t.Helper()
-	admin, err := kbs.NewAdmin(w.kbs.URL, w.adminKey, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := resource.Parse(uri)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.SetResource(context.Background(), u, data); err != nil {
-		t.Fatal(err)
-	}
+	w.kbs.SetResource(t, w.adminKey, uri, data)
 }
 
 // ref is repo:1 in the registry, by digest.
 func (w *world) ref(t *testing.T, repo string) images.Ref {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodHead, w.reg.URL+"/v2/"+repo+"/manifests/1", nil)
-	req.Header.Set("Accept", ocispec.MediaTypeImageManifest+", application/vnd.docker.distribution.manifest.v2+json, "+ocispec.MediaTypeImageIndex)
-	resp, err := w.reg.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
-	if err != nil {
-		t.Fatalf("manifest digest of %s:1: %v (HTTP %d)", repo, err, resp.StatusCode)
-	}
-	return images.Ref{Target: w.reg, Repo: repo, Tag: "1", Digest: d}
+	return images.Ref{Target: w.reg, Repo: repo, Tag: "1", Digest: images.ManifestDigest(t, w.reg, repo, "1")}
 }
 
 // manifestBlobs lists the config and layer digests of repo:1.

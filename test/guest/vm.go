@@ -60,7 +60,8 @@ type Options struct {
 	// HostPorts are guest TCP ports exposed on 127.0.0.1 at free ports
 	// (see VM.Addr). ProbePort is always exposed.
 	HostPorts []int
-	// TPM is an swtpm control socket (see StartTPM); empty: no TPM.
+	// TPM is an swtpm control socket (swtpm.StartForQEMU's Ctrl); empty:
+	// no TPM.
 	TPM string
 	// Disks are raw image files attached as virtio disks, in order
 	// (/dev/vda, /dev/vdb, ...).
@@ -216,6 +217,11 @@ func Boot(t testing.TB, name string, opts Options) *VM {
 	t.Cleanup(func() {
 		vm.timer.Stop()
 		_ = vm.proc.Stop(5 * time.Second)
+		// A daemon that died while the guest ran is a failure even if
+		// no call noticed.
+		if s := vm.Serial(); strings.Contains(s, DiedLine) {
+			t.Errorf("guest %s: %s", name, firstLine(s[strings.Index(s, DiedLine):]))
+		}
 		if t.Failed() {
 			vm.keepSerial()
 		}
@@ -233,9 +239,6 @@ func (vm *VM) Addr(guestPort int) string {
 	}
 	return "127.0.0.1:" + strconv.Itoa(hp)
 }
-
-// PID is QEMU's process id.
-func (vm *VM) PID() int { return vm.proc.PID() }
 
 // Serial returns the serial console output so far.
 func (vm *VM) Serial() string {
@@ -290,9 +293,6 @@ func (vm *VM) Kill() {
 	vm.timer.Stop()
 	_ = vm.proc.Stop(0)
 }
-
-// Exited is closed when QEMU has exited.
-func (vm *VM) Exited() <-chan struct{} { return vm.proc.Exited() }
 
 // keepSerial copies the serial log to the artifact directory.
 func (vm *VM) keepSerial() {

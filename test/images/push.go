@@ -306,6 +306,25 @@ func PushManifest(t testing.TB, to registry.Target, repo, reference, mediaType s
 	return d
 }
 
+// ManifestDigest asks the registry at to for the digest of the manifest or
+// index repo:reference.
+func ManifestDigest(t testing.TB, to registry.Target, repo, reference string) digest.Digest {
+	t.Helper()
+	e := to.Addr()
+	req, err := http.NewRequest(http.MethodHead, e.URL+"/v2/"+repo+"/manifests/"+reference, nil)
+	if err != nil {
+		t.Fatalf("head manifest %s:%s: %v", repo, reference, err)
+	}
+	req.Header.Set("Accept", strings.Join([]string{ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex,
+		"application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json"}, ", "))
+	resp := do(t, e, req, "head manifest "+repo+":"+reference)
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		t.Fatalf("head manifest %s:%s: digest: %v (HTTP %d)", repo, reference, err, resp.StatusCode)
+	}
+	return d
+}
+
 // do sends req with the endpoint's credentials, drains and closes the body
 // (keeping up to 4 KiB of it in the error of a failed status), and fails
 // the test on a transport error or an unexpected 4xx/5xx.

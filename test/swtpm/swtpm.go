@@ -2,6 +2,7 @@ package swtpm
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guestd/guestd/attester/tpm"
 	"github.com/guestd/guestd/test/child"
 )
 
@@ -22,7 +24,8 @@ const stopTimeout = 5 * time.Second
 
 // TPM is one running swtpm process.
 type TPM struct {
-	// Socket is the path of the TPM command socket (unix stream).
+	// Socket is the path of the TPM command socket (unix stream); empty
+	// for StartForQEMU.
 	Socket string
 	// Ctrl is the path of the swtpm control socket.
 	Ctrl string
@@ -50,6 +53,21 @@ func Start(t testing.TB) *TPM {
 // processes must not share a state directory at the same time.
 func StartState(t testing.TB, stateDir string) *TPM {
 	t.Helper()
+	return start(t, stateDir, false)
+}
+
+// StartForQEMU starts swtpm on stateDir with only the control socket
+// (Ctrl), for QEMU's TPM emulator backend (-chardev socket,path=Ctrl
+// -tpmdev emulator), which initialises it and passes it the command
+// channel. swtpm exits when QEMU disconnects (--terminate), so start one
+// per boot; it is also stopped when the test ends. Socket is empty.
+func StartForQEMU(t testing.TB, stateDir string) *TPM {
+	t.Helper()
+	return start(t, stateDir, true)
+}
+
+func start(t testing.TB, stateDir string, forQEMU bool) *TPM {
+	t.Helper()
 	bin, err := exec.LookPath("swtpm")
 	if err != nil {
 		t.Fatalf("swtpm is not installed (%v); install it with: apt-get install swtpm swtpm-tools", err)
@@ -63,16 +81,18 @@ func StartState(t testing.TB, stateDir string) *TPM {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 
 	p := &TPM{
-		Socket:   filepath.Join(sockDir, "tpm.sock"),
 		Ctrl:     filepath.Join(sockDir, "ctrl.sock"),
 		StateDir: stateDir,
 		stderr:   &lockedBuffer{},
 	}
-	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--tpmstate", "dir="+stateDir,
-		"--server", "type=unixio,path="+p.Socket,
-		"--ctrl", "type=unixio,path="+p.Ctrl,
-		"--flags", "not-need-init,startup-clear")
+	args := []string{"socket", "--tpm2", "--tpmstate", "dir=" + stateDir, "--ctrl", "type=unixio,path=" + p.Ctrl}
+	if forQEMU {
+		args = append(args, "--terminate")
+	} else {
+		p.Socket = filepath.Join(sockDir, "tpm.sock")
+		args = append(args, "--server", "type=unixio,path="+p.Socket, "--flags", "not-need-init,startup-clear")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout = p.stderr
 	cmd.Stderr = p.stderr
 	if p.proc, err = child.Start(cmd); err != nil {
@@ -89,7 +109,27 @@ func StartState(t testing.TB, stateDir string) *TPM {
 	return p
 }
 
-// waitReady polls the command socket until it accepts a connection.
+// ProvisionAK opens the TPM attester on this swtpm, which creates the
+// attestation key and persists it at the default handle if there is none
+// (as a cloud provider provisions a vTPM's AK), and returns the AK's
+// public key PEM for a verifier's trust list. swtpm serves one client at a
+// time: the attester is closed again before ProvisionAK returns.
+func (p *TPM) ProvisionAK(t testing.TB) []byte {
+	t.Helper()
+	a, err := tpm.Open(context.Background(), tpm.Options{Device: p.Device()})
+	if err != nil {
+		t.Fatalf("provision the AK of swtpm (pid %d): %v", p.proc.PID(), err)
+	}
+	pem := a.AKPublicPEM()
+	if err := a.Close(); err != nil {
+		t.Fatalf("provision the AK of swtpm (pid %d): %v", p.proc.PID(), err)
+	}
+	return pem
+}
+
+// waitReady polls the command socket until it accepts a connection, or,
+// for QEMU, until the control socket exists (a connection to it would be
+// taken for QEMU's).
 func (p *TPM) waitReady() error {
 	deadline := time.Now().Add(startTimeout)
 	for {
@@ -98,12 +138,20 @@ func (p *TPM) waitReady() error {
 			return fmt.Errorf("swtpm exited: %v", p.proc.Err())
 		default:
 		}
-		c, err := net.DialTimeout("unix", p.Socket, time.Second)
-		if err == nil {
-			return c.Close()
+		var err error
+		if p.Socket == "" {
+			_, err = os.Stat(p.Ctrl)
+			if err == nil {
+				return nil
+			}
+		} else {
+			var c net.Conn
+			if c, err = net.DialTimeout("unix", p.Socket, time.Second); err == nil {
+				return c.Close()
+			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("connect %s: %w", p.Socket, err)
+			return fmt.Errorf("wait for swtpm's socket: %w", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

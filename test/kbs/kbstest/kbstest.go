@@ -1,6 +1,7 @@
 package kbstest
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -17,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	kbsclient "github.com/guestd/guestd/kbc/kbs"
+	"github.com/guestd/guestd/kbc/resource"
 	"github.com/guestd/guestd/test/kbs"
 )
 
@@ -107,6 +110,38 @@ func AdminToken(t testing.TB, priv ed25519.PrivateKey, lifetime time.Duration) s
 		t.Fatalf("kbstest: %v", err)
 	}
 	return tok
+}
+
+// SetResource stores data as the resource uri through the instance's admin
+// API (with a token signed by admin), as a tenant registers a secret.
+func (i *Instance) SetResource(t testing.TB, admin ed25519.PrivateKey, uri string, data []byte) {
+	t.Helper()
+	c, u := i.admin(t, admin, uri)
+	if err := c.SetResource(context.Background(), u, data); err != nil {
+		t.Fatalf("kbstest: %v", err)
+	}
+}
+
+// DeleteResource deletes the resource uri through the admin API.
+func (i *Instance) DeleteResource(t testing.TB, admin ed25519.PrivateKey, uri string) {
+	t.Helper()
+	c, u := i.admin(t, admin, uri)
+	if err := c.DeleteResource(context.Background(), u); err != nil {
+		t.Fatalf("kbstest: %v", err)
+	}
+}
+
+func (i *Instance) admin(t testing.TB, admin ed25519.PrivateKey, uri string) (*kbsclient.Admin, resource.URI) {
+	t.Helper()
+	c, err := kbsclient.NewAdmin(i.URL, admin, i.CAPEM)
+	if err != nil {
+		t.Fatalf("kbstest: %v", err)
+	}
+	u, err := resource.Parse(uri)
+	if err != nil {
+		t.Fatalf("kbstest: %v", err)
+	}
+	return c, u
 }
 
 // newCA makes a P-256 CA and a server certificate it issues, valid for an
